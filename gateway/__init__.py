@@ -1,0 +1,3 @@
+"""rag-gateway: an OpenAI-compatible gateway for production RAG."""
+
+__version__ = "0.1.0"

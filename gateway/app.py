@@ -1,0 +1,225 @@
+"""The ASGI application: the OpenAI hot path, health and model listing, and the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.chain import Handler, compose
+from gateway.config import DEFAULT_DEMO_KEY, DEMO_KEY_ENV, GatewayConfig, load_config
+from gateway.errors import GatewayError
+from gateway.policy import Policy, PolicySnapshot, PolicyStore, hash_key
+from gateway.proxy import OpenAIEndpoint, Receive, Scope, Send, request_headers
+from gateway.services import Services, build_services
+from middleware import build_stages
+from middleware.auth import authenticate
+
+log = logging.getLogger("rag_gateway.app")
+CONFIG_ENV = "RAG_GATEWAY_CONFIG"
+
+
+def demo_policy() -> Policy:
+    """The tenant served when no policies folder is configured: key from $RAG_GATEWAY_DEMO_KEY."""
+    key = os.environ.get(DEMO_KEY_ENV) or DEFAULT_DEMO_KEY
+    return Policy(tenant="demo", description="built-in demo tenant", api_keys=[hash_key(key)], models=["*"])
+
+
+def error_response(error: GatewayError) -> Response:
+    return Response(
+        error.body(), status_code=error.status, media_type="application/json", headers=error.headers
+    )
+
+
+class Gateway:
+    """Owns the config, the policy store, the shared services and each tenant's composed chain."""
+
+    def __init__(self, config: GatewayConfig, services: Services | None = None) -> None:
+        self.config = config
+        self._services = services
+        self._chains: dict[tuple[str, str], Handler] = {}
+        policies_dir = config.resolve(config.policies_dir) if config.policies_dir else None
+        extra = [] if policies_dir else [demo_policy()]
+        self.policies = PolicyStore(policies_dir, extra=extra, on_change=self._rebuild_chains)
+        self._model_modes = {m.name: m.mode for m in config.models}
+        self._watcher: asyncio.Task[None] | None = None
+        self._chat = OpenAIEndpoint(self, "chat")
+        self._embeddings = OpenAIEndpoint(self, "embeddings")
+        self._fast_routes = {"/v1/chat/completions": self._chat, "/v1/embeddings": self._embeddings}
+        self.starlette = Starlette(
+            routes=[
+                Route("/healthz", self.healthz, methods=["GET"]),
+                Route("/readyz", self.readyz, methods=["GET"]),
+                Route("/v1/models", self.list_models, methods=["GET"]),
+                Route("/v1/models/{model:path}", self.get_model, methods=["GET"]),
+            ],
+            exception_handlers={HTTPException: self._http_exception},
+            lifespan=self._lifespan,
+        )
+
+    @property
+    def services(self) -> Services:
+        if self._services is None:
+            raise RuntimeError("services are created at start-up")
+        return self._services
+
+    # -- ASGI ---------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            endpoint = self._fast_routes.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await self.starlette(scope, receive, send)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    async def start(self) -> None:
+        for line in self.config.missing_secrets():
+            log.warning("%s (requests routed there will fail)", line)
+        if self._services is None:
+            # Model loading reads files and builds sessions: keep it off the event loop.
+            self._services = await asyncio.to_thread(build_services, self.config)
+        errors = self.policies.load()
+        for error in errors:
+            log.error("%s", error)
+        self._watcher = asyncio.create_task(self.policies.watch())
+        log.info(
+            "rag-gateway ready: %d tenants, %d models",
+            len(self.policies.snapshot.policies),
+            len(self.config.models),
+        )
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        if self._services is not None:
+            await self._services.close()
+
+    # -- chains -------------------------------------------------------------------------------
+
+    def _rebuild_chains(self, snapshot: PolicySnapshot) -> None:
+        if self._services is None:
+            return
+        chains: dict[tuple[str, str], Handler] = {}
+        terminal = self._services.router.call
+        for tenant, policy in snapshot.policies.items():
+            stages = build_stages(policy, self._services)
+            chains[(tenant, "chat")] = compose(stages, terminal)
+            # Embeddings skip the chat-only stages; they go straight to the router.
+            chains[(tenant, "embeddings")] = terminal
+        self._chains = chains
+
+    def handler_for(self, tenant: str, endpoint: str) -> Handler:
+        return self._chains[(tenant, endpoint)]
+
+    def serves(self, model: str, endpoint: str) -> bool:
+        mode = self._model_modes.get(model)
+        return mode == ("embedding" if endpoint == "embeddings" else "chat")
+
+    # -- plain routes -------------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        checks: dict[str, Any] = {}
+        ready = True
+        checks["policies"] = {
+            "ok": bool(self.policies.snapshot.policies),
+            "tenants": len(self.policies.snapshot.policies),
+            "errors": self.policies.last_errors,
+        }
+        ready &= bool(self.policies.snapshot.policies)
+        checks["services"] = {"ok": self._services is not None}
+        ready &= self._services is not None
+        if self._services is not None:
+            for name, probe in self._services.extras.get("readiness", {}).items():
+                try:
+                    ok, detail = await asyncio.wait_for(probe(), timeout=2.0)
+                except Exception as exc:  # a probe that raises means "not ready", never a 500
+                    ok, detail = False, f"{type(exc).__name__}: {exc}"
+                checks[name] = {"ok": ok, "detail": detail}
+                ready &= ok
+            # Upstream health is reported, not required: a provider outage must not take every
+            # replica out of the load balancer (fallbacks may still answer).
+            checks["upstreams"] = {"ok": True, "deployments": self._services.router.health()}
+        return JSONResponse(
+            {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503
+        )
+
+    def _authenticated_policy(self, request: Request) -> Policy:
+        _, policy = authenticate(request_headers(request.scope), self.policies.snapshot)
+        return policy
+
+    async def list_models(self, request: Request) -> Response:
+        try:
+            policy = self._authenticated_policy(request)
+        except GatewayError as error:
+            return error_response(error)
+        data = [_model_card(m.name) for m in self.config.models if policy.allows_model(m.name)]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def get_model(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        try:
+            policy = self._authenticated_policy(request)
+            if name not in self._model_modes or not policy.allows_model(name):
+                raise GatewayError(
+                    404,
+                    f"The model `{name}` does not exist or you do not have access to it.",
+                    code="model_not_found",
+                    param="model",
+                )
+        except GatewayError as error:
+            return error_response(error)
+        return JSONResponse(_model_card(name))
+
+    async def _http_exception(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            error = GatewayError(
+                404, f"Unknown route: {request.method} {request.url.path}", code="unknown_url"
+            )
+        elif exc.status_code == 405:
+            error = GatewayError(
+                405,
+                f"Method {request.method} is not allowed on {request.url.path}",
+                code="method_not_allowed",
+            )
+        else:
+            error = GatewayError(exc.status_code, str(exc.detail), code="http_error")
+        return error_response(error)
+
+
+def _model_card(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "rag-gateway"}
+
+
+def create_app(config: GatewayConfig | None = None, services: Services | None = None) -> Gateway:
+    return Gateway(config or load_config(None), services)
+
+
+def app_from_env() -> Gateway:
+    """Factory for uvicorn (also used by worker processes): config path from $RAG_GATEWAY_CONFIG."""
+    path = os.environ.get(CONFIG_ENV)
+    return create_app(load_config(Path(path) if path else None))

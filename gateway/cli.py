@@ -1,0 +1,135 @@
+"""`rag-gateway` command line: serve, keys, policy. Every subcommand takes --config FILE."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.policy import Policy, hash_key, new_key, validate_dir
+
+SCHEMA_FILE = "schema.json"
+
+
+def _config(args: argparse.Namespace) -> GatewayConfig:
+    return load_config(Path(args.config) if args.config else None)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    config = _config(args)  # fail here, with a readable message, rather than in a worker
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    workers = args.workers or config.server.workers
+    if args.config:
+        os.environ["RAG_GATEWAY_CONFIG"] = str(Path(args.config).resolve())
+    else:
+        os.environ.pop("RAG_GATEWAY_CONFIG", None)
+    uvicorn.run(
+        "gateway.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=config.server.drain_timeout_s,
+        log_level=args.log_level,
+    )
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    key = new_key()
+    print(f"New API key for tenant {args.tenant!r} (shown once; store it now):\n\n  {key}\n")
+    print(f'Add this line under api_keys: in policies/{args.tenant}.yaml:\n\n  - "{hash_key(key)}"')
+    return 0
+
+
+def _policies_dir(args: argparse.Namespace) -> Path:
+    if args.dir:
+        return Path(args.dir)
+    config = _config(args)
+    return config.resolve(config.policies_dir) if config.policies_dir else Path("policies")
+
+
+def cmd_policy_validate(args: argparse.Namespace) -> int:
+    directory = _policies_dir(args)
+    policies, problems = validate_dir(directory)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) in {directory}", file=sys.stderr)
+        return 1
+    print(f"{directory}: {len(policies)} tenant policies valid ({', '.join(p.tenant for p in policies)})")
+    return 0
+
+
+def policy_schema() -> dict:
+    schema = Policy.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "rag-gateway tenant policy"
+    return schema
+
+
+def cmd_policy_schema(args: argparse.Namespace) -> int:
+    text = json.dumps(policy_schema(), indent=2, sort_keys=True) + "\n"
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rag-gateway", description="OpenAI-compatible gateway for production RAG"
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="gateway.yaml (default: embedded defaults)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", parents=[common], help="run the gateway")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    serve.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser(
+        "create", parents=[common], help="print a new key and the hash to put in the policy"
+    )
+    create.add_argument("--tenant", required=True)
+    create.set_defaults(func=cmd_keys_create)
+
+    policy = sub.add_parser("policy", help="tenant policies").add_subparsers(
+        dest="policy_command", required=True
+    )
+    validate = policy.add_parser("validate", parents=[common], help="check every policy file")
+    validate.add_argument("dir", nargs="?", help="policies folder (default: policies_dir from the config)")
+    validate.set_defaults(func=cmd_policy_validate)
+    schema = policy.add_parser("schema", parents=[common], help="export the policy JSON schema")
+    schema.add_argument("--output", default="-", help="file to write (default: stdout)")
+    schema.set_defaults(func=cmd_policy_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"rag-gateway: {exc}", file=sys.stderr)
+        return 2

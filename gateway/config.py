@@ -1,0 +1,229 @@
+"""gateway.yaml: models and their deployments, where policies live, and the shared backends.
+
+The schema is defined once here (pydantic); `rag-gateway policy schema` exports the policy half
+for editors. Secrets are never inline: a deployment names the environment variable holding its key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# Providers forwarded on the fast path: they speak the OpenAI wire format over HTTP.
+OPENAI_COMPATIBLE_PROVIDERS = frozenset({"openai", "openai_compatible", "azure", "vllm", "ollama"})
+LOCAL_PROVIDER = "local"
+DEMO_KEY_ENV = "RAG_GATEWAY_DEMO_KEY"
+DEFAULT_DEMO_KEY = "sk-demo-rag-gateway"
+LOCAL_CHAT_MODEL = "local-extractive"
+LOCAL_EMBEDDING_MODEL = "local-minilm"
+
+# Request fields that would let a client pick the upstream, its credentials or its headers.
+FORBIDDEN_REQUEST_FIELDS = frozenset(
+    {
+        "api_base",
+        "base_url",
+        "api_key",
+        "api_version",
+        "custom_llm_provider",
+        "extra_headers",
+        "headers",
+        "organization",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_region_name",
+        "vertex_credentials",
+        "azure_ad_token",
+        "mock_response",
+        "litellm_params",
+        "metadata_api_base",
+    }
+)
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names the file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeploymentConfig(_Strict):
+    """One concrete upstream serving a public model name."""
+
+    provider: str = Field(
+        description="openai, azure, vllm, ollama, openai_compatible, local, or any litellm provider"
+    )
+    model: str = Field(description="The model name the upstream knows (Azure: the deployment name)")
+    api_base: str | None = None
+    api_key_env: str | None = Field(default=None, description="Environment variable holding the upstream key")
+    api_version: str | None = Field(default=None, description="Azure API version")
+    weight: float = Field(default=1.0, gt=0)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    provider_params: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Extra litellm parameters for non-OpenAI providers (e.g. aws_region_name)",
+    )
+
+    @property
+    def fast_path(self) -> bool:
+        return self.provider in OPENAI_COMPATIBLE_PROVIDERS
+
+    @model_validator(mode="after")
+    def _check_base(self) -> DeploymentConfig:
+        if self.provider in {"azure", "vllm", "ollama", "openai_compatible"} and not self.api_base:
+            raise ValueError(f"provider {self.provider!r} needs api_base")
+        if self.provider == "azure" and not self.api_version:
+            raise ValueError("provider 'azure' needs api_version")
+        return self
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def label(self) -> str:
+        return f"{self.provider}/{self.model}@{self.api_base or 'default'}"
+
+
+class ModelConfig(_Strict):
+    """A public model name and the deployments behind it."""
+
+    name: str
+    mode: Literal["chat", "embedding"] = "chat"
+    deployments: list[DeploymentConfig] = Field(min_length=1)
+    fallbacks: list[str] = Field(
+        default_factory=list, description="Public model names tried after every deployment failed"
+    )
+
+
+class RouterConfig(_Strict):
+    backoff_base_s: float = Field(default=0.25, ge=0)
+    backoff_max_s: float = Field(default=8.0, ge=0)
+    max_retry_after_s: float = Field(
+        default=30.0, ge=0, description="A longer Retry-After moves on to the next deployment"
+    )
+    circuit_breaker_failures: int = Field(default=5, ge=1)
+    circuit_breaker_cooldown_s: float = Field(default=30.0, ge=0)
+    max_connections: int = Field(default=1000, ge=1)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    admin_key_env: str | None = Field(
+        default=None, description="Environment variable holding the admin API key"
+    )
+
+
+class VectorStoreConfig(_Strict):
+    path: str = ".data/chroma"
+    url: str | None = Field(default=None, description="Chroma server URL for multi-replica deployments")
+
+
+class TelemetryConfig(_Strict):
+    service_name: str = "rag-gateway"
+    otlp_endpoint: str | None = None
+
+
+class GatewayConfig(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    models: list[ModelConfig] = Field(default_factory=list)
+    policies_dir: str | None = None
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    state: str = Field(default="memory", description="'memory' or redis://host:port/db")
+    vector_store: VectorStoreConfig = Field(default_factory=VectorStoreConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    # Where this config was read from; relative paths inside it resolve against its folder.
+    base_dir: str = Field(default=".", exclude=True)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        seen: set[str] = set()
+        for model in models:
+            if model.name in seen:
+                raise ValueError(f"model name {model.name!r} appears twice")
+            seen.add(model.name)
+        return models
+
+    @model_validator(mode="after")
+    def _fallbacks_exist(self) -> GatewayConfig:
+        names = {m.name for m in self.models}
+        for model in self.models:
+            for fallback in model.fallbacks:
+                if fallback not in names:
+                    raise ValueError(f"model {model.name!r}: fallback {fallback!r} is not a configured model")
+        return self
+
+    def model(self, name: str) -> ModelConfig | None:
+        for model in self.models:
+            if model.name == name:
+                return model
+        return None
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def missing_secrets(self) -> list[str]:
+        """Deployments whose key variable is named but unset, as readable lines."""
+        missing = []
+        for model in self.models:
+            for dep in model.deployments:
+                if dep.api_key_env and not os.environ.get(dep.api_key_env):
+                    missing.append(
+                        f"model {model.name!r} deployment {dep.label()}: ${dep.api_key_env} is not set"
+                    )
+        return missing
+
+
+def default_models() -> list[ModelConfig]:
+    """The built-in offline models: an extractive answerer and the local embedder."""
+    return [
+        ModelConfig(
+            name=LOCAL_CHAT_MODEL, deployments=[DeploymentConfig(provider=LOCAL_PROVIDER, model="extractive")]
+        ),
+        ModelConfig(
+            name=LOCAL_EMBEDDING_MODEL,
+            mode="embedding",
+            deployments=[DeploymentConfig(provider=LOCAL_PROVIDER, model="all-MiniLM-L6-v2")],
+        ),
+    ]
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None) -> GatewayConfig:
+    """Read gateway.yaml, or return the embedded defaults when no file is given."""
+    if path is None:
+        return GatewayConfig(models=default_models())
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw["base_dir"] = str(path.resolve().parent)
+    try:
+        config = GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(str(path), exc)) from exc
+    if not config.models:
+        config.models = default_models()
+    return config

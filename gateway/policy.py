@@ -1,0 +1,280 @@
+"""Tenant policies: `policies/_default.yaml` plus one `<tenant>.yaml` per tenant that overrides it.
+
+A tenant file is deep-merged over the default, then validated against `Policy`. Keys are stored
+only as SHA-256 hashes. The store re-reads the folder when a file changes; an invalid edit keeps
+that tenant's last good policy and logs why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.config import format_validation_error
+
+log = logging.getLogger("rag_gateway.policy")
+
+DEFAULT_POLICY_FILE = "_default.yaml"
+KEY_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class PolicyError(Exception):
+    """A policy file that cannot be used; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RetrievalPolicy(_Strict):
+    enabled: bool = False
+
+
+class Policy(_Strict):
+    """Everything a tenant may do and how each stage of the chain treats its requests."""
+
+    tenant: str = Field(description="Tenant id; must match the file name")
+    description: str = ""
+    api_keys: list[str] = Field(default_factory=list, description="Keys as 'sha256:<hex>' of the key")
+    models: list[str] = Field(
+        default_factory=list, description="Public model names this tenant may use; '*' for all"
+    )
+    log_content: bool = Field(default=False, description="Allow prompts and completions in traces and logs")
+    retrieval: RetrievalPolicy = Field(default_factory=RetrievalPolicy)
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant_id(cls, value: str) -> str:
+        if not TENANT_RE.match(value):
+            raise ValueError("tenant ids are lower-case letters, digits, '-' and '_' (at most 63)")
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _key_hashes(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if not KEY_HASH_RE.match(key):
+                raise ValueError(
+                    "each api key must be stored as 'sha256:<64 lower-case hex>' "
+                    "(run `rag-gateway keys create --tenant T`), never the key itself"
+                )
+        return keys
+
+    def allows_model(self, name: str) -> bool:
+        return "*" in self.models or name in self.models
+
+
+def hash_key(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def new_key() -> str:
+    return "sk-rg-" + secrets.token_urlsafe(32)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Override wins; mappings merge recursively; lists and scalars replace."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PolicyError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def build_policy(source: str, default: dict[str, Any], tenant_raw: dict[str, Any]) -> Policy:
+    try:
+        return Policy.model_validate(deep_merge(default, tenant_raw))
+    except ValidationError as exc:
+        raise PolicyError(format_validation_error(source, exc)) from exc
+
+
+def load_default(directory: Path) -> dict[str, Any]:
+    path = directory / DEFAULT_POLICY_FILE
+    if not path.exists():
+        return {}
+    raw = _read_yaml(path)
+    if "tenant" in raw or "api_keys" in raw:
+        raise PolicyError(f"{path}: 'tenant' and 'api_keys' belong in a tenant's own file, not the default")
+    # Validate the defaults on their own so an error names this file, not every tenant.
+    build_policy(str(path), {"tenant": "default-check"}, raw)
+    return raw
+
+
+def load_tenant_file(path: Path, default: dict[str, Any]) -> Policy:
+    raw = _read_yaml(path)
+    policy = build_policy(str(path), default, raw)
+    if policy.tenant != path.stem:
+        raise PolicyError(f"{path}: tenant: {policy.tenant!r} does not match the file name {path.stem!r}")
+    return policy
+
+
+def tenant_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.yaml") if not p.name.startswith("_"))
+
+
+def validate_dir(directory: Path) -> tuple[list[Policy], list[str]]:
+    """Every policy in a folder, and every problem found (file, field, what is wrong)."""
+    problems: list[str] = []
+    policies: list[Policy] = []
+    if not directory.is_dir():
+        return [], [f"{directory}: not a directory"]
+    try:
+        default = load_default(directory)
+    except PolicyError as exc:
+        return [], [str(exc)]
+    seen_keys: dict[str, str] = {}
+    for path in tenant_files(directory):
+        try:
+            policy = load_tenant_file(path, default)
+        except PolicyError as exc:
+            problems.append(str(exc))
+            continue
+        for key in policy.api_keys:
+            owner = seen_keys.setdefault(key, policy.tenant)
+            if owner != policy.tenant:
+                problems.append(f"{path}: api_keys: a key is also listed by tenant {owner!r}")
+        policies.append(policy)
+    return policies, problems
+
+
+@dataclass(frozen=True, slots=True)
+class KeyOwner:
+    tenant: str
+    key_id: str  # a short, non-secret label for the key (limits, logs)
+    digest: bytes
+
+
+@dataclass(slots=True)
+class PolicySnapshot:
+    """An immutable view of every tenant, swapped whole on reload."""
+
+    policies: dict[str, Policy]
+    keys: dict[bytes, KeyOwner] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, policies: dict[str, Policy]) -> PolicySnapshot:
+        keys: dict[bytes, KeyOwner] = {}
+        for policy in policies.values():
+            for key_hash in policy.api_keys:
+                digest = bytes.fromhex(key_hash.removeprefix("sha256:"))
+                keys[digest] = KeyOwner(policy.tenant, key_hash[7:19], digest)
+        return cls(policies, keys)
+
+    def owner_of(self, presented_key: str) -> KeyOwner | None:
+        digest = hashlib.sha256(presented_key.encode("utf-8")).digest()
+        owner = self.keys.get(digest)
+        # The dict lookup finds the candidate; the final equality check is constant-time.
+        if owner is not None and hmac.compare_digest(owner.digest, digest):
+            return owner
+        return None
+
+
+class PolicyStore:
+    """Holds the current snapshot and reloads it when the policy folder changes."""
+
+    def __init__(
+        self,
+        directory: Path | None,
+        extra: list[Policy] | None = None,
+        on_change: Callable[[PolicySnapshot], None] | None = None,
+    ) -> None:
+        self.directory = directory
+        self._extra = extra or []
+        self._on_change = on_change
+        self._fingerprint: tuple[tuple[str, int, int], ...] = ()
+        self._default_raw: dict[str, Any] = {}
+        self.snapshot = PolicySnapshot.of({})
+        self.last_errors: list[str] = []
+
+    def load(self) -> list[str]:
+        """Load (or reload) every file; returns the problems found. Invalid tenants keep their last policy."""
+        errors: list[str] = []
+        current = dict(self.snapshot.policies)
+        loaded: dict[str, Policy] = {}
+        if self.directory is not None:
+            self._fingerprint = self._scan()
+            try:
+                self._default_raw = load_default(self.directory)
+            except PolicyError as exc:
+                errors.append(str(exc))
+                log.error("policy reload rejected, keeping the last good policies: %s", exc)
+                self.last_errors = errors
+                return errors
+            for path in tenant_files(self.directory):
+                try:
+                    policy = load_tenant_file(path, self._default_raw)
+                except PolicyError as exc:
+                    errors.append(str(exc))
+                    if path.stem in current:
+                        loaded[path.stem] = current[path.stem]
+                        log.error(
+                            "policy for tenant %r rejected, keeping the last good one: %s", path.stem, exc
+                        )
+                    else:
+                        log.error("policy rejected: %s", exc)
+                    continue
+                loaded[policy.tenant] = policy
+        for policy in self._extra:
+            merged = build_policy(f"<built-in {policy.tenant}>", self._default_raw, policy.model_dump())
+            loaded.setdefault(merged.tenant, merged)
+        self.snapshot = PolicySnapshot.of(loaded)
+        self.last_errors = errors
+        if self._on_change is not None:
+            self._on_change(self.snapshot)
+        return errors
+
+    def _scan(self) -> tuple[tuple[str, int, int], ...]:
+        assert self.directory is not None
+        entries = []
+        try:
+            with os.scandir(self.directory) as it:
+                for entry in it:
+                    if entry.name.endswith(".yaml"):
+                        st = entry.stat()
+                        entries.append((entry.name, st.st_mtime_ns, st.st_size))
+        except OSError:
+            return ()
+        return tuple(sorted(entries))
+
+    def changed(self) -> bool:
+        return self.directory is not None and self._scan() != self._fingerprint
+
+    async def watch(self, interval_s: float = 0.5) -> None:
+        """Poll the folder's mtimes (cheap, works on every filesystem and in containers)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                if self.changed():
+                    self.load()
+                    log.info("policies reloaded: %d tenants", len(self.snapshot.policies))
+            except Exception:  # a reload must never kill the watcher
+                log.exception("policy reload failed; keeping the last good policies")

@@ -1,0 +1,1 @@
+"""Retrieval: document parsing and chunking, embeddings, the hybrid index."""

@@ -1,0 +1,207 @@
+"""Choosing a deployment, retrying it, ejecting it when it keeps failing, and falling back.
+
+Per deployment: a timeout, retries with exponential backoff and full jitter on 429/5xx/connect
+errors (a Retry-After header wins when it is short enough), a circuit breaker that ejects the
+deployment after N consecutive failures for T seconds, and weighted random choice among the
+healthy ones. When every deployment of a model failed, the model's fallbacks are tried in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import LOCAL_PROVIDER, DeploymentConfig, GatewayConfig, ModelConfig, RouterConfig
+from gateway.context import Attempt, RequestContext
+from gateway.errors import GatewayError
+from gateway.response import GatewayResponse
+from gateway.upstreams.base import UpstreamClient, UpstreamFailure
+
+log = logging.getLogger("rag_gateway.router")
+
+
+@dataclass(slots=True)
+class Breaker:
+    """Consecutive-failure circuit breaker for one deployment."""
+
+    failures: int = 0
+    open_until: float = 0.0
+
+    def available(self, now: float) -> bool:
+        # After the cooldown the breaker is half-open: the next request is the trial.
+        return now >= self.open_until
+
+    def success(self) -> None:
+        self.failures = 0
+        self.open_until = 0.0
+
+    def failure(self, now: float, threshold: int, cooldown_s: float) -> bool:
+        """Record a failure; True when this one opened the circuit."""
+        self.failures += 1
+        if self.failures >= threshold:
+            self.open_until = now + cooldown_s
+            self.failures = 0
+            return True
+        return False
+
+
+def weighted_order(deployments: list[DeploymentConfig], rng: random.Random) -> list[DeploymentConfig]:
+    """A random order where heavier deployments tend to come first (Efraimidis-Spirakis keys)."""
+    if len(deployments) == 1:
+        return deployments
+    return sorted(deployments, key=lambda d: rng.random() ** (1.0 / d.weight), reverse=True)
+
+
+class Router:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        clients: dict[str, UpstreamClient],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._models = {m.name: m for m in config.models}
+        self._settings: RouterConfig = config.router
+        self._clients = clients
+        self._breakers: dict[int, Breaker] = {}
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+
+    def client_for(self, deployment: DeploymentConfig) -> UpstreamClient:
+        if deployment.provider == LOCAL_PROVIDER:
+            return self._clients["local"]
+        return self._clients["openai" if deployment.fast_path else "litellm"]
+
+    def breaker(self, deployment: DeploymentConfig) -> Breaker:
+        return self._breakers.setdefault(id(deployment), Breaker())
+
+    def health(self) -> list[dict[str, Any]]:
+        now = self._clock()
+        return [
+            {
+                "model": model.name,
+                "deployment": dep.label(),
+                "ejected_for_s": round(max(0.0, self.breaker(dep).open_until - now), 1),
+            }
+            for model in self._models.values()
+            for dep in model.deployments
+        ]
+
+    def backoff(self, attempt: int) -> float:
+        ceiling = min(self._settings.backoff_max_s, self._settings.backoff_base_s * (2**attempt))
+        return self._rng.uniform(0, ceiling)  # full jitter: spreads retries of many clients apart
+
+    def _chain(self, model: ModelConfig) -> list[ModelConfig]:
+        chain, seen, queue = [], set(), [model]
+        while queue:
+            current = queue.pop(0)
+            if current.name in seen:
+                continue
+            seen.add(current.name)
+            chain.append(current)
+            queue.extend(self._models[name] for name in current.fallbacks if name in self._models)
+        return chain
+
+    async def call(self, ctx: RequestContext) -> GatewayResponse:
+        """The chain's terminal handler: send ctx.body to the first deployment that answers."""
+        model = self._models.get(ctx.model)
+        if model is None:
+            raise GatewayError(
+                404,
+                f"The model `{ctx.model}` does not exist or you do not have access to it.",
+                code="model_not_found",
+            )
+        last: UpstreamFailure | None = None
+        for candidate in self._chain(model):
+            if candidate is not model and not ctx.policy.allows_model(candidate.name):
+                continue  # a fallback the tenant may not use is skipped, not leaked
+            now = self._clock()
+            healthy = [d for d in candidate.deployments if self.breaker(d).available(now)]
+            for skipped in candidate.deployments:
+                if skipped not in healthy:
+                    ctx.attempts.append(
+                        Attempt(candidate.name, skipped.label(), "skipped", None, 0.0, "circuit open")
+                    )
+            for deployment in weighted_order(healthy, self._rng):
+                try:
+                    return await self._try_deployment(ctx, candidate, deployment)
+                except UpstreamFailure as failure:
+                    if not failure.retryable:
+                        raise failure.to_gateway_error() from None
+                    last = failure
+        if last is None:
+            raise GatewayError(
+                503,
+                f"every deployment of `{ctx.model}` is temporarily ejected after repeated failures; "
+                "retry shortly",
+                type="server_error",
+                code="upstream_unavailable",
+            )
+        raise last.to_gateway_error()
+
+    async def _try_deployment(
+        self, ctx: RequestContext, model: ModelConfig, deployment: DeploymentConfig
+    ) -> GatewayResponse:
+        client = self.client_for(deployment)
+        breaker = self.breaker(deployment)
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                if ctx.endpoint == "embeddings":
+                    response = await client.embeddings(deployment, ctx.body)
+                else:
+                    response = await client.chat(deployment, ctx.body, ctx.stream)
+            except UpstreamFailure as failure:
+                elapsed = time.perf_counter() - started
+                ctx.upstream_s += elapsed
+                if failure.counts_against_health and breaker.failure(
+                    self._clock(),
+                    self._settings.circuit_breaker_failures,
+                    self._settings.circuit_breaker_cooldown_s,
+                ):
+                    log.warning(
+                        "deployment %s ejected for %ss",
+                        deployment.label(),
+                        self._settings.circuit_breaker_cooldown_s,
+                    )
+                delay = failure.retry_after_s if failure.retry_after_s is not None else self.backoff(attempt)
+                can_retry = (
+                    failure.retryable
+                    and attempt < deployment.max_retries
+                    and breaker.available(self._clock())
+                    and delay <= self._settings.max_retry_after_s
+                )
+                ctx.attempts.append(
+                    Attempt(
+                        model.name,
+                        deployment.label(),
+                        "retry" if can_retry else "failed",
+                        failure.status,
+                        elapsed * 1000,
+                        failure.message,
+                    )
+                )
+                if not can_retry:
+                    raise
+                attempt += 1
+                await self._sleep(delay)
+                continue
+            elapsed = time.perf_counter() - started
+            ctx.upstream_s += elapsed
+            breaker.success()
+            ctx.attempts.append(
+                Attempt(model.name, deployment.label(), "ok", response.status, elapsed * 1000)
+            )
+            if model.name != ctx.model:
+                ctx.decide("router", "fallback", model=model.name)
+            ctx.state["deployment"] = deployment
+            return response

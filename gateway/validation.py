@@ -1,0 +1,155 @@
+"""Checks on OpenAI request bodies: clear 400s naming the parameter, unknown fields left alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.config import FORBIDDEN_REQUEST_FIELDS
+from gateway.errors import bad_request
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+# Known scalar fields and the JSON types they must have; others pass through untouched.
+_NUMBER = (int, float)
+FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "stream": ((bool,), "a boolean"),
+    "n": ((int,), "an integer"),
+    "max_tokens": ((int,), "an integer"),
+    "max_completion_tokens": ((int,), "an integer"),
+    "temperature": (_NUMBER, "a number"),
+    "top_p": (_NUMBER, "a number"),
+    "presence_penalty": (_NUMBER, "a number"),
+    "frequency_penalty": (_NUMBER, "a number"),
+    "seed": ((int,), "an integer"),
+    "logprobs": ((bool,), "a boolean"),
+    "top_logprobs": ((int,), "an integer"),
+    "stream_options": ((dict,), "an object"),
+    "response_format": ((dict,), "an object"),
+    "tools": ((list,), "an array"),
+    "user": ((str,), "a string"),
+    "stop": ((str, list), "a string or an array of strings"),
+}
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        raise bad_request("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(
+            f"We could not parse the JSON body of your request ({exc}). Send valid JSON.", code="invalid_json"
+        ) from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _reject_forbidden(body: dict[str, Any]) -> None:
+    for name in body.keys() & FORBIDDEN_REQUEST_FIELDS:
+        raise bad_request(
+            f"'{name}' cannot be set by clients: upstreams and their credentials are configured "
+            "in the gateway.",
+            param=name,
+            code="forbidden_parameter",
+        )
+
+
+def _require_model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if model is None:
+        raise bad_request(
+            "you must provide a model parameter", param="model", code="missing_required_parameter"
+        )
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' must be a non-empty string", param="model", code="invalid_type")
+    return model
+
+
+def _check_types(body: dict[str, Any]) -> None:
+    for name, (types, described) in FIELD_TYPES.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        # bool is an int in Python; an integer field must not accept true/false.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise bad_request(
+                f"'{name}' must be {described}, got {type(value).__name__}", param=name, code="invalid_type"
+            )
+    n = body.get("n")
+    if n is not None and n < 1:
+        raise bad_request("'n' must be at least 1", param="n", code="invalid_value")
+    for name in ("max_tokens", "max_completion_tokens"):
+        if body.get(name) is not None and body[name] < 1:
+            raise bad_request(f"'{name}' must be at least 1", param=name, code="invalid_value")
+
+
+def validate_chat(body: dict[str, Any]) -> tuple[str, bool]:
+    """Validate a chat completion request; returns (model, stream)."""
+    _reject_forbidden(body)
+    model = _require_model(body)
+    messages = body.get("messages")
+    if messages is None:
+        raise bad_request(
+            "you must provide a messages parameter", param="messages", code="missing_required_parameter"
+        )
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' must be a non-empty array", param="messages", code="invalid_type")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise bad_request(f"messages[{i}] must be an object", param=f"messages[{i}]", code="invalid_type")
+        role = message.get("role")
+        if role not in ROLES:
+            raise bad_request(
+                f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}",
+                param=f"messages[{i}].role",
+                code="invalid_value",
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise bad_request(
+                f"messages[{i}].content must be a string or an array of content parts",
+                param=f"messages[{i}].content",
+                code="invalid_type",
+            )
+        if content is None and role not in ("assistant", "function") and not message.get("tool_calls"):
+            raise bad_request(
+                f"messages[{i}].content is required for role '{role}'",
+                param=f"messages[{i}].content",
+                code="missing_required_parameter",
+            )
+    _check_types(body)
+    return model, bool(body.get("stream"))
+
+
+def validate_embeddings(body: dict[str, Any]) -> str:
+    _reject_forbidden(body)
+    model = _require_model(body)
+    value = body.get("input")
+    if value is None:
+        raise bad_request(
+            "you must provide an input parameter", param="input", code="missing_required_parameter"
+        )
+    ok = isinstance(value, str) or (
+        isinstance(value, list)
+        and value
+        and (
+            all(isinstance(v, str) for v in value)
+            or all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            or all(isinstance(v, list) and all(isinstance(t, int) for t in v) for v in value)
+        )
+    )
+    if not ok:
+        raise bad_request(
+            "'input' must be a string, an array of strings, or an array of token arrays",
+            param="input",
+            code="invalid_type",
+        )
+    encoding = body.get("encoding_format")
+    if encoding is not None and encoding not in ("float", "base64"):
+        raise bad_request(
+            "'encoding_format' must be 'float' or 'base64'", param="encoding_format", code="invalid_value"
+        )
+    return model
