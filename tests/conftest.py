@@ -1,0 +1,175 @@
+"""Shared fixtures: a scripted mock upstream and a real gateway server, both on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+import yaml
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.config import load_config
+from gateway.policy import hash_key
+from tests.mock_upstream import MockUpstream
+
+UPSTREAM_SECRET = "sk-upstream-secret-DO-NOT-LEAK-1234567890"
+ACME_KEY = "sk-acme-test-key-0001"
+OTHER_KEY = "sk-other-test-key-0002"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MockServer:
+    """The mock upstream running on its own loop in a thread."""
+
+    def __init__(self) -> None:
+        self.mock = MockUpstream()
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        runner = web.AppRunner(self.mock.app(), access_log=None)
+        self.loop.run_until_complete(runner.setup())
+        self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self._ready.set()
+        self.loop.run_forever()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def script(self, model: str, *steps: str) -> None:
+        httpx.post(f"{self.base}/_control", json={"model": model, "script": list(steps)})
+
+    def requests(self) -> list[dict[str, Any]]:
+        return httpx.get(f"{self.base}/_requests").json()["requests"]
+
+    def cancelled(self) -> int:
+        return httpx.get(f"{self.base}/_requests").json()["cancelled"]
+
+    def reset(self) -> None:
+        httpx.post(f"{self.base}/_reset")
+
+
+class ServerThread:
+    """A real uvicorn server for a gateway app, in a thread, on a free loopback port."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+                                loop="asyncio", http="httptools", timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("gateway did not start")
+            time.sleep(0.02)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[MockServer]:
+    server = MockServer()
+    yield server
+    server.loop.call_soon_threadsafe(server.loop.stop)
+
+
+@pytest.fixture(autouse=True)
+def _reset_upstream(request: pytest.FixtureRequest) -> None:
+    if "upstream" in request.fixturenames:
+        request.getfixturevalue("upstream").reset()
+
+
+def write_gateway_files(root: Path, upstream_base: str, extra_models: list[dict] | None = None) -> Path:
+    """gateway.yaml with mock-backed models, plus _default, acme and other policies."""
+    v1 = f"{upstream_base}/v1"
+    models = [
+        {"name": "gpt-mock", "deployments": [{"provider": "openai_compatible", "model": "mock-1", "api_base": v1,
+                                              "api_key_env": "MOCK_UPSTREAM_KEY", "timeout_s": 1.5,
+                                              "max_retries": 2}]},
+        {"name": "balanced", "deployments": [
+            {"provider": "openai_compatible", "model": "dep-a", "api_base": v1, "weight": 3, "max_retries": 0},
+            {"provider": "openai_compatible", "model": "dep-b", "api_base": v1, "weight": 1, "max_retries": 0},
+        ]},
+        {"name": "primary", "fallbacks": ["backup"], "deployments": [
+            {"provider": "openai_compatible", "model": "primary-1", "api_base": v1, "max_retries": 1}]},
+        {"name": "backup", "deployments": [{"provider": "openai_compatible", "model": "backup-1", "api_base": v1}]},
+        {"name": "azure-mock", "deployments": [{"provider": "azure", "model": "my-deploy", "api_base": upstream_base,
+                                                "api_version": "2024-06-01", "api_key_env": "MOCK_UPSTREAM_KEY"}]},
+        {"name": "other-only", "deployments": [{"provider": "openai_compatible", "model": "o", "api_base": v1}]},
+        {"name": "embed-mock", "mode": "embedding",
+         "deployments": [{"provider": "openai_compatible", "model": "e", "api_base": v1}]},
+        {"name": "local-extractive", "deployments": [{"provider": "local", "model": "extractive"}]},
+        *(extra_models or []),
+    ]
+    config = {
+        "server": {"max_body_bytes": 200_000},
+        "models": models,
+        "policies_dir": "policies",
+        "router": {"backoff_base_s": 0.01, "backoff_max_s": 0.05, "circuit_breaker_failures": 3,
+                   "circuit_breaker_cooldown_s": 60},
+    }
+    policies = root / "policies"
+    policies.mkdir(parents=True, exist_ok=True)
+    (root / "gateway.yaml").write_text(yaml.safe_dump(config))
+    (policies / "_default.yaml").write_text(yaml.safe_dump({"models": ["local-extractive"]}))
+    (policies / "acme.yaml").write_text(yaml.safe_dump({
+        "tenant": "acme", "api_keys": [hash_key(ACME_KEY)],
+        "models": ["gpt-mock", "balanced", "primary", "backup", "azure-mock", "embed-mock", "local-extractive"],
+    }))
+    (policies / "other.yaml").write_text(yaml.safe_dump({
+        "tenant": "other", "api_keys": [hash_key(OTHER_KEY)], "models": ["other-only"],
+    }))
+    return root / "gateway.yaml"
+
+
+@dataclass
+class RunningGateway:
+    server: ServerThread
+    config_path: Path
+    upstream: MockServer
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def client(self, key: str = ACME_KEY) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, upstream: MockServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningGateway]:
+    monkeypatch.setenv("MOCK_UPSTREAM_KEY", UPSTREAM_SECRET)
+    config_path = write_gateway_files(tmp_path, upstream.base)
+    server = ServerThread(create_app(load_config(config_path)))
+    yield RunningGateway(server, config_path, upstream)
+    server.stop()

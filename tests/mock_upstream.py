@@ -1,0 +1,165 @@
+"""An OpenAI-compatible mock upstream for tests and benchmarks (aiohttp, loopback only).
+
+Behaviour is scripted per upstream model name through POST /_control:
+  {"model": "m", "script": ["status:500", "ok"]}   # next calls for model m, in order
+Steps: ok | status:<code>[:<retry-after>] | hang | stream_break | stream_no_done | slow:<ms> | tool_call
+With an empty script every call answers "ok". GET /_requests returns what was received.
+Run standalone for benchmarks: python tests/mock_upstream.py --port 9100 [--latency-ms 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections import defaultdict, deque
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+CHUNK_WORDS = ["Hello", " from", " the", " mock", " upstream", "."]
+
+
+def _completion(model: str, content: str, tool_call: bool = False) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    finish = "stop"
+    if tool_call:
+        message = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        }
+        finish = "tool_calls"
+    return {
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 6, "total_tokens": 16},
+    }
+
+
+def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    data = {
+        "id": "chatcmpl-mock",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+class MockUpstream:
+    def __init__(self, latency_ms: float = 0.0) -> None:
+        self.latency_s = latency_ms / 1000
+        self.scripts: dict[str, deque[str]] = defaultdict(deque)
+        self.requests: list[dict[str, Any]] = []
+        self.record = True
+        self.cancelled = 0  # streams whose client went away before the end
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self.chat)
+        app.router.add_post("/_control", self.control)
+        app.router.add_get("/_requests", self.list_requests)
+        app.router.add_post("/_reset", self.reset)
+        return app
+
+    async def control(self, request: web.Request) -> web.Response:
+        data = await request.json()
+        self.scripts[data["model"]].extend(data["script"])
+        return web.json_response({"ok": True})
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self.scripts.clear()
+        self.requests.clear()
+        self.cancelled = 0
+        return web.json_response({"ok": True})
+
+    async def list_requests(self, request: web.Request) -> web.Response:
+        return web.json_response({"requests": self.requests, "cancelled": self.cancelled})
+
+    def _step(self, model: str) -> str:
+        script = self.scripts.get(model)
+        return script.popleft() if script else "ok"
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))]
+        return web.json_response({"object": "list", "data": data, "model": body["model"],
+                                  "usage": {"prompt_tokens": 3, "total_tokens": 3}})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        model = body.get("model", "")
+        if self.record:
+            self.requests.append({"path": request.path, "query": dict(request.query), "body": body,
+                                  "headers": {k.lower(): v for k, v in request.headers.items()}})
+        step = self._step(model)
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        if step.startswith("status:"):
+            _, code, *retry = step.split(":")
+            headers = {"Retry-After": retry[0]} if retry else {}
+            error = {"error": {"message": f"mock error {code}", "type": "mock_error", "param": None, "code": None}}
+            return web.json_response(error, status=int(code), headers=headers)
+        if step == "hang":
+            await asyncio.sleep(30)
+        if step.startswith("slow:"):
+            await asyncio.sleep(int(step[5:]) / 1000)
+        last_user = next((m.get("content") for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
+        if not body.get("stream"):
+            return web.Response(body=orjson.dumps(_completion(model, f"echo: {last_user}", step == "tool_call")),
+                                content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            await response.write(_chunk(model, {"role": "assistant", "content": ""}))
+            for i, word in enumerate(CHUNK_WORDS):
+                if step == "stream_break" and i == 2:
+                    # Drop the connection mid-stream, as a crashed upstream would.
+                    assert request.transport is not None
+                    request.transport.close()
+                    return response
+                if step.startswith("slowstream:"):
+                    await asyncio.sleep(int(step[11:]) / 1000)
+                await response.write(_chunk(model, {"content": word}))
+            await response.write(_chunk(model, {}, "stop"))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"prompt_tokens": 10, "completion_tokens": 6, "total_tokens": 16}
+                await response.write(b"data: " + orjson.dumps({"id": "chatcmpl-mock", "object": "chat.completion.chunk",
+                                                               "created": 0, "model": model, "choices": [],
+                                                               "usage": usage}) + b"\n\n")
+            if step != "stream_no_done":
+                await response.write(b"data: [DONE]\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.cancelled += 1
+            raise
+        return response
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    args = parser.parse_args()
+    mock = MockUpstream(args.latency_ms)
+    mock.record = False
+    web.run_app(mock.app(), host=args.host, port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()
