@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -30,6 +31,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["RAG_GATEWAY_CONFIG"] = str(Path(args.config).resolve())
     else:
         os.environ.pop("RAG_GATEWAY_CONFIG", None)
+    # uvicorn re-raises the signal it caught once it has drained; with our own (no-op) handlers in
+    # place that re-raise lands here instead of killing the process, so a drained SIGTERM exits 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     uvicorn.run(
         "gateway.app:app_from_env",
         factory=True,

@@ -17,10 +17,10 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.config import format_validation_error
 
@@ -43,12 +43,24 @@ class RetrievalPolicy(_Strict):
     enabled: bool = False
 
 
+def _check_key_hash(value: str) -> str:
+    if not KEY_HASH_RE.match(value):
+        raise ValueError(
+            "an api key must be stored as 'sha256:<64 lower-case hex>' "
+            "(run `rag-gateway keys create --tenant T`), never the key itself"
+        )
+    return value
+
+
+KeyHash = Annotated[str, AfterValidator(_check_key_hash)]
+
+
 class Policy(_Strict):
     """Everything a tenant may do and how each stage of the chain treats its requests."""
 
     tenant: str = Field(description="Tenant id; must match the file name")
     description: str = ""
-    api_keys: list[str] = Field(default_factory=list, description="Keys as 'sha256:<hex>' of the key")
+    api_keys: list[KeyHash] = Field(default_factory=list, description="Keys as 'sha256:<hex>' of the key")
     models: list[str] = Field(
         default_factory=list, description="Public model names this tenant may use; '*' for all"
     )
@@ -61,17 +73,6 @@ class Policy(_Strict):
         if not TENANT_RE.match(value):
             raise ValueError("tenant ids are lower-case letters, digits, '-' and '_' (at most 63)")
         return value
-
-    @field_validator("api_keys")
-    @classmethod
-    def _key_hashes(cls, keys: list[str]) -> list[str]:
-        for key in keys:
-            if not KEY_HASH_RE.match(key):
-                raise ValueError(
-                    "each api key must be stored as 'sha256:<64 lower-case hex>' "
-                    "(run `rag-gateway keys create --tenant T`), never the key itself"
-                )
-        return keys
 
     def allows_model(self, name: str) -> bool:
         return "*" in self.models or name in self.models

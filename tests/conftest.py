@@ -76,8 +76,16 @@ class ServerThread:
 
     def __init__(self, app: Any) -> None:
         self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
-                                loop="asyncio", http="httptools", timeout_graceful_shutdown=2)
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            loop="asyncio",
+            http="httptools",
+            timeout_graceful_shutdown=2,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -113,21 +121,70 @@ def write_gateway_files(root: Path, upstream_base: str, extra_models: list[dict]
     """gateway.yaml with mock-backed models, plus _default, acme and other policies."""
     v1 = f"{upstream_base}/v1"
     models = [
-        {"name": "gpt-mock", "deployments": [{"provider": "openai_compatible", "model": "mock-1", "api_base": v1,
-                                              "api_key_env": "MOCK_UPSTREAM_KEY", "timeout_s": 1.5,
-                                              "max_retries": 2}]},
-        {"name": "balanced", "deployments": [
-            {"provider": "openai_compatible", "model": "dep-a", "api_base": v1, "weight": 3, "max_retries": 0},
-            {"provider": "openai_compatible", "model": "dep-b", "api_base": v1, "weight": 1, "max_retries": 0},
-        ]},
-        {"name": "primary", "fallbacks": ["backup"], "deployments": [
-            {"provider": "openai_compatible", "model": "primary-1", "api_base": v1, "max_retries": 1}]},
-        {"name": "backup", "deployments": [{"provider": "openai_compatible", "model": "backup-1", "api_base": v1}]},
-        {"name": "azure-mock", "deployments": [{"provider": "azure", "model": "my-deploy", "api_base": upstream_base,
-                                                "api_version": "2024-06-01", "api_key_env": "MOCK_UPSTREAM_KEY"}]},
-        {"name": "other-only", "deployments": [{"provider": "openai_compatible", "model": "o", "api_base": v1}]},
-        {"name": "embed-mock", "mode": "embedding",
-         "deployments": [{"provider": "openai_compatible", "model": "e", "api_base": v1}]},
+        {
+            "name": "gpt-mock",
+            "deployments": [
+                {
+                    "provider": "openai_compatible",
+                    "model": "mock-1",
+                    "api_base": v1,
+                    "api_key_env": "MOCK_UPSTREAM_KEY",
+                    "timeout_s": 1.5,
+                    "max_retries": 2,
+                }
+            ],
+        },
+        {
+            "name": "balanced",
+            "deployments": [
+                {
+                    "provider": "openai_compatible",
+                    "model": "dep-a",
+                    "api_base": v1,
+                    "weight": 3,
+                    "max_retries": 0,
+                },
+                {
+                    "provider": "openai_compatible",
+                    "model": "dep-b",
+                    "api_base": v1,
+                    "weight": 1,
+                    "max_retries": 0,
+                },
+            ],
+        },
+        {
+            "name": "primary",
+            "fallbacks": ["backup"],
+            "deployments": [
+                {"provider": "openai_compatible", "model": "primary-1", "api_base": v1, "max_retries": 1}
+            ],
+        },
+        {
+            "name": "backup",
+            "deployments": [{"provider": "openai_compatible", "model": "backup-1", "api_base": v1}],
+        },
+        {
+            "name": "azure-mock",
+            "deployments": [
+                {
+                    "provider": "azure",
+                    "model": "my-deploy",
+                    "api_base": upstream_base,
+                    "api_version": "2024-06-01",
+                    "api_key_env": "MOCK_UPSTREAM_KEY",
+                }
+            ],
+        },
+        {
+            "name": "other-only",
+            "deployments": [{"provider": "openai_compatible", "model": "o", "api_base": v1}],
+        },
+        {
+            "name": "embed-mock",
+            "mode": "embedding",
+            "deployments": [{"provider": "openai_compatible", "model": "e", "api_base": v1}],
+        },
         {"name": "local-extractive", "deployments": [{"provider": "local", "model": "extractive"}]},
         *(extra_models or []),
     ]
@@ -135,20 +192,43 @@ def write_gateway_files(root: Path, upstream_base: str, extra_models: list[dict]
         "server": {"max_body_bytes": 200_000},
         "models": models,
         "policies_dir": "policies",
-        "router": {"backoff_base_s": 0.01, "backoff_max_s": 0.05, "circuit_breaker_failures": 3,
-                   "circuit_breaker_cooldown_s": 60},
+        "router": {
+            "backoff_base_s": 0.01,
+            "backoff_max_s": 0.05,
+            "circuit_breaker_failures": 3,
+            "circuit_breaker_cooldown_s": 60,
+        },
     }
     policies = root / "policies"
     policies.mkdir(parents=True, exist_ok=True)
     (root / "gateway.yaml").write_text(yaml.safe_dump(config))
     (policies / "_default.yaml").write_text(yaml.safe_dump({"models": ["local-extractive"]}))
-    (policies / "acme.yaml").write_text(yaml.safe_dump({
-        "tenant": "acme", "api_keys": [hash_key(ACME_KEY)],
-        "models": ["gpt-mock", "balanced", "primary", "backup", "azure-mock", "embed-mock", "local-extractive"],
-    }))
-    (policies / "other.yaml").write_text(yaml.safe_dump({
-        "tenant": "other", "api_keys": [hash_key(OTHER_KEY)], "models": ["other-only"],
-    }))
+    (policies / "acme.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "tenant": "acme",
+                "api_keys": [hash_key(ACME_KEY)],
+                "models": [
+                    "gpt-mock",
+                    "balanced",
+                    "primary",
+                    "backup",
+                    "azure-mock",
+                    "embed-mock",
+                    "local-extractive",
+                ],
+            }
+        )
+    )
+    (policies / "other.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "tenant": "other",
+                "api_keys": [hash_key(OTHER_KEY)],
+                "models": ["other-only"],
+            }
+        )
+    )
     return root / "gateway.yaml"
 
 
@@ -167,7 +247,9 @@ class RunningGateway:
 
 
 @pytest.fixture
-def gateway(tmp_path: Path, upstream: MockServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningGateway]:
+def gateway(
+    tmp_path: Path, upstream: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RunningGateway]:
     monkeypatch.setenv("MOCK_UPSTREAM_KEY", UPSTREAM_SECRET)
     config_path = write_gateway_files(tmp_path, upstream.base)
     server = ServerThread(create_app(load_config(config_path)))

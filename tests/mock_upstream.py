@@ -98,31 +98,49 @@ class MockUpstream:
         body = orjson.loads(await request.read())
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))]
-        return web.json_response({"object": "list", "data": data, "model": body["model"],
-                                  "usage": {"prompt_tokens": 3, "total_tokens": 3}})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": body["model"],
+                "usage": {"prompt_tokens": 3, "total_tokens": 3},
+            }
+        )
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
         model = body.get("model", "")
         if self.record:
-            self.requests.append({"path": request.path, "query": dict(request.query), "body": body,
-                                  "headers": {k.lower(): v for k, v in request.headers.items()}})
+            self.requests.append(
+                {
+                    "path": request.path,
+                    "query": dict(request.query),
+                    "body": body,
+                    "headers": {k.lower(): v for k, v in request.headers.items()},
+                }
+            )
         step = self._step(model)
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         if step.startswith("status:"):
             _, code, *retry = step.split(":")
             headers = {"Retry-After": retry[0]} if retry else {}
-            error = {"error": {"message": f"mock error {code}", "type": "mock_error", "param": None, "code": None}}
+            error = {
+                "error": {"message": f"mock error {code}", "type": "mock_error", "param": None, "code": None}
+            }
             return web.json_response(error, status=int(code), headers=headers)
         if step == "hang":
             await asyncio.sleep(30)
         if step.startswith("slow:"):
             await asyncio.sleep(int(step[5:]) / 1000)
-        last_user = next((m.get("content") for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
+        last_user = next(
+            (m.get("content") for m in reversed(body.get("messages", [])) if m.get("role") == "user"), ""
+        )
         if not body.get("stream"):
-            return web.Response(body=orjson.dumps(_completion(model, f"echo: {last_user}", step == "tool_call")),
-                                content_type="application/json")
+            return web.Response(
+                body=orjson.dumps(_completion(model, f"echo: {last_user}", step == "tool_call")),
+                content_type="application/json",
+            )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         try:
@@ -139,9 +157,20 @@ class MockUpstream:
             await response.write(_chunk(model, {}, "stop"))
             if (body.get("stream_options") or {}).get("include_usage"):
                 usage = {"prompt_tokens": 10, "completion_tokens": 6, "total_tokens": 16}
-                await response.write(b"data: " + orjson.dumps({"id": "chatcmpl-mock", "object": "chat.completion.chunk",
-                                                               "created": 0, "model": model, "choices": [],
-                                                               "usage": usage}) + b"\n\n")
+                await response.write(
+                    b"data: "
+                    + orjson.dumps(
+                        {
+                            "id": "chatcmpl-mock",
+                            "object": "chat.completion.chunk",
+                            "created": 0,
+                            "model": model,
+                            "choices": [],
+                            "usage": usage,
+                        }
+                    )
+                    + b"\n\n"
+                )
             if step != "stream_no_done":
                 await response.write(b"data: [DONE]\n\n")
         except (ConnectionResetError, asyncio.CancelledError):

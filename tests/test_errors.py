@@ -25,22 +25,51 @@ def error_of(response) -> dict:
         ({"model": 3, "messages": MSG}, "model", "invalid_type"),
         ({"model": "gpt-mock", "messages": []}, "messages", "invalid_type"),
         ({"model": "gpt-mock", "messages": "hi"}, "messages", "invalid_type"),
-        ({"model": "gpt-mock", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "invalid_value"),
-        ({"model": "gpt-mock", "messages": [{"role": "user", "content": 5}]}, "messages[0].content", "invalid_type"),
-        ({"model": "gpt-mock", "messages": [{"role": "user"}]}, "messages[0].content", "missing_required_parameter"),
+        (
+            {"model": "gpt-mock", "messages": [{"role": "robot", "content": "x"}]},
+            "messages[0].role",
+            "invalid_value",
+        ),
+        (
+            {"model": "gpt-mock", "messages": [{"role": "user", "content": 5}]},
+            "messages[0].content",
+            "invalid_type",
+        ),
+        (
+            {"model": "gpt-mock", "messages": [{"role": "user"}]},
+            "messages[0].content",
+            "missing_required_parameter",
+        ),
         ({"model": "gpt-mock", "messages": MSG, "stream": "yes"}, "stream", "invalid_type"),
         ({"model": "gpt-mock", "messages": MSG, "temperature": "hot"}, "temperature", "invalid_type"),
         ({"model": "gpt-mock", "messages": MSG, "max_tokens": True}, "max_tokens", "invalid_type"),
         ({"model": "gpt-mock", "messages": MSG, "n": 0}, "n", "invalid_value"),
-        ({"model": "gpt-mock", "messages": MSG, "api_base": "http://evil"}, "api_base", "forbidden_parameter"),
-        ({"model": "gpt-mock", "messages": MSG, "base_url": "http://evil"}, "base_url", "forbidden_parameter"),
+        (
+            {"model": "gpt-mock", "messages": MSG, "api_base": "http://evil"},
+            "api_base",
+            "forbidden_parameter",
+        ),
+        (
+            {"model": "gpt-mock", "messages": MSG, "base_url": "http://evil"},
+            "base_url",
+            "forbidden_parameter",
+        ),
         ({"model": "gpt-mock", "messages": MSG, "api_key": "sk-x"}, "api_key", "forbidden_parameter"),
-        ({"model": "gpt-mock", "messages": MSG, "custom_llm_provider": "x"}, "custom_llm_provider",
-         "forbidden_parameter"),
-        ({"model": "gpt-mock", "messages": MSG, "extra_headers": {"a": "b"}}, "extra_headers", "forbidden_parameter"),
+        (
+            {"model": "gpt-mock", "messages": MSG, "custom_llm_provider": "x"},
+            "custom_llm_provider",
+            "forbidden_parameter",
+        ),
+        (
+            {"model": "gpt-mock", "messages": MSG, "extra_headers": {"a": "b"}},
+            "extra_headers",
+            "forbidden_parameter",
+        ),
     ],
 )
-def test_bad_chat_requests_are_400_with_param(gateway: RunningGateway, payload: dict, param: str, code: str) -> None:
+def test_bad_chat_requests_are_400_with_param(
+    gateway: RunningGateway, payload: dict, param: str, code: str
+) -> None:
     with gateway.client() as client:
         response = client.post(CHAT, json=payload)
     assert response.status_code == 400
@@ -70,14 +99,19 @@ def test_auth_failures(gateway: RunningGateway) -> None:
     assert response.status_code == 401 and error_of(response)["code"] == "invalid_api_key"
     assert "sk-not-a-key" not in response.text  # the key is never echoed whole
     with gateway.client() as client:
-        response = client.post(CHAT, json={"model": "gpt-mock", "messages": MSG}, headers={"Authorization": ""})
+        response = client.post(
+            CHAT, json={"model": "gpt-mock", "messages": MSG}, headers={"Authorization": ""}
+        )
     assert response.status_code == 401
 
 
 def test_azure_style_api_key_header(gateway: RunningGateway) -> None:
     with gateway.client() as client:
-        response = client.post(CHAT, json={"model": "gpt-mock", "messages": MSG},
-                               headers={"Authorization": "", "api-key": ACME_KEY})
+        response = client.post(
+            CHAT,
+            json={"model": "gpt-mock", "messages": MSG},
+            headers={"Authorization": "", "api-key": ACME_KEY},
+        )
     assert response.status_code == 200
 
 
@@ -89,7 +123,8 @@ def test_model_of_another_tenant_is_404_like_unknown(gateway: RunningGateway) ->
     assert error_of(foreign)["code"] == error_of(unknown)["code"] == "model_not_found"
     # Same wording for both: the response does not reveal that the model exists elsewhere.
     assert error_of(foreign)["message"].replace("other-only", "X") == error_of(unknown)["message"].replace(
-        "no-such-model", "X")
+        "no-such-model", "X"
+    )
     with gateway.client(key=OTHER_KEY) as client:
         assert client.post(CHAT, json={"model": "other-only", "messages": MSG}).status_code == 200
 
@@ -146,8 +181,11 @@ def test_connect_failure_is_502(tmp_path, upstream, monkeypatch) -> None:
     try:
         import httpx
 
-        response = httpx.post(f"{server.url}{CHAT}", json={"model": "gpt-mock", "messages": MSG},
-                              headers={"Authorization": f"Bearer {ACME_KEY}"})
+        response = httpx.post(
+            f"{server.url}{CHAT}",
+            json={"model": "gpt-mock", "messages": MSG},
+            headers={"Authorization": f"Bearer {ACME_KEY}"},
+        )
         assert response.status_code == 502 and error_of(response)["type"] == "upstream_error"
     finally:
         server.stop()
@@ -155,7 +193,9 @@ def test_connect_failure_is_502(tmp_path, upstream, monkeypatch) -> None:
 
 def test_request_id_and_overhead_headers(gateway: RunningGateway) -> None:
     with gateway.client() as client:
-        ok = client.post(CHAT, json={"model": "gpt-mock", "messages": MSG}, headers={"x-request-id": "req-123"})
+        ok = client.post(
+            CHAT, json={"model": "gpt-mock", "messages": MSG}, headers={"x-request-id": "req-123"}
+        )
         bad = client.post(CHAT, json={"model": "gpt-mock"})
         generated = client.post(CHAT, json={"model": "gpt-mock", "messages": MSG})
     assert ok.headers["x-request-id"] == "req-123"

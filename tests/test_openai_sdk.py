@@ -26,7 +26,9 @@ def test_sync_chat_completion(gateway: RunningGateway) -> None:
 
 def test_sync_streaming(gateway: RunningGateway) -> None:
     stream = sdk(gateway).chat.completions.create(
-        model="gpt-mock", messages=[{"role": "user", "content": "hi"}], stream=True,
+        model="gpt-mock",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
@@ -37,7 +39,9 @@ def test_sync_streaming(gateway: RunningGateway) -> None:
 
 async def test_async_chat_and_stream(gateway: RunningGateway) -> None:
     client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=ACME_KEY, max_retries=0)
-    completion = await client.chat.completions.create(model="gpt-mock", messages=[{"role": "user", "content": "a"}])
+    completion = await client.chat.completions.create(
+        model="gpt-mock", messages=[{"role": "user", "content": "a"}]
+    )
     assert completion.choices[0].message.content == "echo: a"
     stream = await client.chat.completions.create(
         model="gpt-mock", messages=[{"role": "user", "content": "b"}], stream=True
@@ -49,11 +53,24 @@ async def test_async_chat_and_stream(gateway: RunningGateway) -> None:
 
 def test_tool_calls_round_trip(gateway: RunningGateway) -> None:
     gateway.upstream.script("mock-1", "tool_call")
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     completion = sdk(gateway).chat.completions.create(
-        model="gpt-mock", messages=[{"role": "user", "content": "weather in Paris?"}], tools=tools,
-        tool_choice="auto", response_format={"type": "text"}, n=1, stop=["\n\n"], logprobs=False,
+        model="gpt-mock",
+        messages=[{"role": "user", "content": "weather in Paris?"}],
+        tools=tools,
+        tool_choice="auto",
+        response_format={"type": "text"},
+        n=1,
+        stop=["\n\n"],
+        logprobs=False,
         extra_body={"vendor_extension": {"keep": True}},
     )
     call = completion.choices[0].message.tool_calls[0]
@@ -79,8 +96,9 @@ def test_embeddings_through_sdk(gateway: RunningGateway) -> None:
 
 def test_errors_raise_sdk_exceptions(gateway: RunningGateway) -> None:
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="sk-wrong", max_retries=0).chat.completions.create(
-            model="gpt-mock", messages=[{"role": "user", "content": "x"}])
+        openai.OpenAI(
+            base_url=f"{gateway.url}/v1", api_key="sk-wrong", max_retries=0
+        ).chat.completions.create(model="gpt-mock", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.NotFoundError) as info:
         sdk(gateway).chat.completions.create(model="other-only", messages=[{"role": "user", "content": "x"}])
     assert info.value.code == "model_not_found"
