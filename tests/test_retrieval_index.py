@@ -1,0 +1,246 @@
+"""Hybrid per-tenant index: real Chroma (in tmp_path), real BM25, real MiniLM embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gateway.retrieval.embedder import MINILM_MODEL_ID, LocalMiniLMEmbedder
+from gateway.retrieval.index import IndexStore, TenantIndex, make_chroma_client, matches_where
+from gateway.retrieval.types import Chunk
+
+DOCS: dict[str, list[tuple[str, str]]] = {
+    # doc_id -> [(text, kind)]
+    "errors.md": [
+        ("Error code ZX-4471 means the upstream certificate expired; renew it with certctl.", "text"),
+    ],
+    "pets.md": [("The feline dozed peacefully on the rug by the fireplace.", "text")],
+    "billing.md": [
+        ("Invoices are issued on the first business day of every month.", "text"),
+        ("| plan | price |\n| basic | 10 EUR |\n| pro | 30 EUR |", "table"),
+    ],
+    "deploy.md": [
+        ("To deploy the service, build the container image and push it to the registry.", "text"),
+        ("```bash\nkubectl rollout restart deployment/gateway\n```", "code"),
+    ],
+    "garden.md": [("Tomatoes need six to eight hours of direct sunlight each day.", "text")],
+}
+
+
+@pytest.fixture(scope="module")
+def embedder() -> LocalMiniLMEmbedder:
+    return LocalMiniLMEmbedder()
+
+
+def make_chunks(doc_id: str, parts: list[tuple[str, str]], content_hash: str = "h1") -> list[Chunk]:
+    return [
+        Chunk(
+            id=f"{doc_id}#{i}",
+            doc_id=doc_id,
+            text=text,
+            source=doc_id,
+            title=doc_id.removesuffix(".md"),
+            section="",
+            page=i + 1 if doc_id == "billing.md" else None,
+            content_hash=content_hash,
+            kind=kind,
+            ordinal=i,
+        )
+        for i, (text, kind) in enumerate(parts)
+    ]
+
+
+def put(
+    index: TenantIndex, emb: LocalMiniLMEmbedder, doc_id: str, parts: list[tuple[str, str]], h: str = "h1"
+) -> None:
+    chunks = make_chunks(doc_id, parts, h)
+    index.upsert_document(doc_id, chunks, emb.embed([c.text for c in chunks]))
+
+
+def search(index: TenantIndex, emb: LocalMiniLMEmbedder, query: str, top_k: int = 3, **kw: Any) -> Any:
+    return index.search(query, emb.embed([query])[0], top_k=top_k, **kw)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> IndexStore:
+    return IndexStore(make_chroma_client(str(tmp_path / "chroma")), MINILM_MODEL_ID)
+
+
+@pytest.fixture
+def filled(store: IndexStore, embedder: LocalMiniLMEmbedder) -> TenantIndex:
+    index = store.tenant("acme")
+    for doc_id, parts in DOCS.items():
+        put(index, embedder, doc_id, parts)
+    return index
+
+
+def test_bm25_only_match_is_found(filled: TenantIndex, embedder: LocalMiniLMEmbedder) -> None:
+    res = search(filled, embedder, "ZX-4471")
+    top = res.hits[0]
+    assert top.chunk.doc_id == "errors.md"
+    assert top.bm25_rank == 1 and top.bm25_score is not None and top.bm25_score > 0
+
+
+def test_dense_only_match_is_found(filled: TenantIndex, embedder: LocalMiniLMEmbedder) -> None:
+    # No word (or stem) in common with the pets chunk: only the dense side can find it.
+    res = search(filled, embedder, "cat sleeping on a carpet")
+    top = res.hits[0]
+    assert top.chunk.doc_id == "pets.md"
+    assert top.bm25_rank is None and top.dense_rank == 1
+
+
+def test_hits_carry_chunk_fields_and_fused_order(filled: TenantIndex, embedder: LocalMiniLMEmbedder) -> None:
+    res = search(filled, embedder, "how much does the pro plan cost per month", top_k=2)
+    assert len(res.hits) == 2
+    assert [h.rank for h in res.hits] == [1, 2]
+    assert res.hits[0].fused_score >= res.hits[1].fused_score
+    assert res.fused_order[:2] == [h.chunk.id for h in res.hits]
+    billing = [h.chunk for h in res.hits if h.chunk.doc_id == "billing.md"]
+    assert billing and billing[0].page in (1, 2) and billing[0].title == "billing"
+    garden = search(filled, embedder, "tomato sunlight").hits[0].chunk
+    assert garden.page is None and garden.doc_date is None  # absent optional fields stay None
+
+
+def test_upsert_replaces_old_chunks(filled: TenantIndex, embedder: LocalMiniLMEmbedder) -> None:
+    before = filled.corpus_version()
+    put(filled, embedder, "deploy.md", [("Deployments now use the blue green strategy.", "text")], h="h2")
+    assert filled.corpus_version() == before + 1
+    assert filled.document_hashes()["deploy.md"] == "h2"
+    res = search(filled, embedder, "kubectl rollout restart", top_k=10)
+    assert all("kubectl" not in h.chunk.text for h in res.hits)
+    assert len(filled) == sum(len(p) for p in DOCS.values()) - 1
+    # stale generation is gone from Chroma too, not only hidden
+    assert filled._col.count() == len(filled)
+
+
+def test_delete_document(filled: TenantIndex, embedder: LocalMiniLMEmbedder) -> None:
+    before = filled.corpus_version()
+    filled.delete_document("errors.md")
+    assert "errors.md" not in filled.document_hashes()
+    assert filled.corpus_version() == before + 1
+    res = search(filled, embedder, "ZX-4471 certificate expired", top_k=10)
+    assert all(h.chunk.doc_id != "errors.md" for h in res.hits)
+    filled.delete_document("never-existed.md")  # a no-op, not an error
+    assert filled.corpus_version() == before + 1
+
+
+def test_filters_apply_to_both_sides(filled: TenantIndex, embedder: LocalMiniLMEmbedder) -> None:
+    res = search(filled, embedder, "ZX-4471 certificate", top_k=10, where={"kind": "table"})
+    assert res.hits and all(h.chunk.kind == "table" for h in res.hits)
+    res = search(filled, embedder, "deploy", top_k=10, where={"doc_id": {"$in": ["deploy.md", "garden.md"]}})
+    assert {h.chunk.doc_id for h in res.hits} <= {"deploy.md", "garden.md"}
+    assert any(h.bm25_rank is not None for h in res.hits)
+    res = search(filled, embedder, "invoices", top_k=10, where={"doc_id": "billing.md", "page": {"$gte": 2}})
+    assert [h.chunk.id for h in res.hits] == ["billing.md#1"]
+    with pytest.raises(ValueError, match="unsupported filter operator"):
+        search(filled, embedder, "x", where={"kind": {"$regex": "t.*"}})
+
+
+def test_matches_where_semantics() -> None:
+    meta = {"kind": "text", "page": 3, "doc_id": "a"}
+    assert matches_where(meta, {"kind": "text"})
+    assert not matches_where(meta, {"kind": {"$ne": "text"}})
+    assert matches_where(meta, {"$or": [{"kind": "table"}, {"page": {"$lt": 5}}]})
+    assert not matches_where(meta, {"$and": [{"kind": "text"}, {"page": {"$gt": 5}}]})
+    assert not matches_where(meta, {"doc_date": {"$ne": "2020"}})  # absent field matches nothing
+    assert not matches_where(meta, {"page": {"$gt": "2"}})  # type mismatch is a non-match
+
+
+def test_confidence_separates_on_and_off_topic(filled: TenantIndex, embedder: LocalMiniLMEmbedder) -> None:
+    on = search(filled, embedder, "What does error code ZX-4471 mean?")
+    off = search(filled, embedder, "Who won the 1998 football world cup final?")
+    assert 0.0 <= off.confidence < on.confidence <= 1.0
+
+
+def test_empty_index(store: IndexStore, embedder: LocalMiniLMEmbedder) -> None:
+    res = search(store.tenant("nobody"), embedder, "anything")
+    assert res.hits == [] and res.confidence == 0.0 and res.corpus_version == 0
+
+
+def test_tenants_are_isolated(store: IndexStore, filled: TenantIndex, embedder: LocalMiniLMEmbedder) -> None:
+    other = store.tenant("other tenant/with odd chars")
+    put(other, embedder, "x.md", [("Completely separate corpus about sailing boats.", "text")])
+    assert set(other.document_hashes()) == {"x.md"}
+    assert "x.md" not in filled.document_hashes()
+
+
+def test_persistence_across_clients(tmp_path: Path, embedder: LocalMiniLMEmbedder) -> None:
+    path = str(tmp_path / "chroma")
+    index = IndexStore(make_chroma_client(path), MINILM_MODEL_ID).tenant("acme")
+    for doc_id, parts in DOCS.items():
+        put(index, embedder, doc_id, parts)
+    version, hashes = index.corpus_version(), index.document_hashes()
+
+    reopened = IndexStore(make_chroma_client(path), MINILM_MODEL_ID).tenant("acme")
+    assert reopened.corpus_version() == version
+    assert reopened.document_hashes() == hashes
+    assert search(reopened, embedder, "ZX-4471").hits[0].chunk.doc_id == "errors.md"
+    assert reopened.stale_reason(MINILM_MODEL_ID) is None
+    assert "other-model" in (reopened.stale_reason("other-model") or "")
+
+
+def test_interrupted_write_keeps_previous_version(tmp_path: Path, embedder: LocalMiniLMEmbedder) -> None:
+    path = str(tmp_path / "chroma")
+    index = IndexStore(make_chroma_client(path), MINILM_MODEL_ID).tenant("acme")
+    put(index, embedder, "deploy.md", DOCS["deploy.md"])
+    # Simulate a crash half-way through replacing deploy.md with 3 chunks: only one was written.
+    new = make_chunks("deploy.md", [("new one", "text"), ("new two", "text"), ("new three", "text")], "h2")
+    gen = index.corpus_version() + 1
+    index._write(
+        [f"{new[0].id}@{gen}"],
+        [embedder.embed([new[0].text])[0]],
+        [new[0].text],
+        [{**_meta_of(new[0], gen, 3)}],
+    )
+    reopened = IndexStore(make_chroma_client(path), MINILM_MODEL_ID).tenant("acme")
+    assert reopened.document_hashes() == {"deploy.md": "h1"}
+    assert {h.chunk.text for h in search(reopened, embedder, "new one", top_k=5).hits} == {
+        t for t, _ in DOCS["deploy.md"]
+    }
+    assert reopened._col.count() == 2  # the orphaned half-write was cleaned up
+
+
+def _meta_of(chunk: Chunk, gen: int, n: int) -> dict[str, Any]:
+    from gateway.retrieval.index import _chunk_metadata
+
+    return _chunk_metadata(chunk, gen, n)
+
+
+def test_rebuild_swaps_and_crash_keeps_old(tmp_path: Path, embedder: LocalMiniLMEmbedder) -> None:
+    path = str(tmp_path / "chroma")
+    store = IndexStore(make_chroma_client(path), MINILM_MODEL_ID)
+    live = store.tenant("acme")
+    put(live, embedder, "garden.md", DOCS["garden.md"])
+
+    # A rebuild that never commits (crash): the old corpus stays live for a new process.
+    abandoned = store.begin_rebuild("acme")
+    put(abandoned, embedder, "pets.md", DOCS["pets.md"])
+    fresh = IndexStore(make_chroma_client(path), MINILM_MODEL_ID)
+    assert set(fresh.tenant("acme").document_hashes()) == {"garden.md"}
+
+    # A completed rebuild replaces it, with a corpus version above the old one.
+    rebuilt = fresh.begin_rebuild("acme")  # also drops the abandoned build
+    put(rebuilt, embedder, "pets.md", DOCS["pets.md"])
+    fresh.commit_rebuild("acme", rebuilt)
+    assert fresh.tenant("acme") is rebuilt
+    assert rebuilt.corpus_version() > live.corpus_version()
+    names = [c.name for c in fresh._client.list_collections()]
+    assert names == [rebuilt.collection_name]
+    again = IndexStore(make_chroma_client(path), MINILM_MODEL_ID).tenant("acme")
+    assert set(again.document_hashes()) == {"pets.md"}
+
+
+def test_batch_apply_and_validation(store: IndexStore, embedder: LocalMiniLMEmbedder) -> None:
+    index = store.tenant("acme")
+    batch = []
+    for doc_id, parts in DOCS.items():
+        chunks = make_chunks(doc_id, parts)
+        batch.append((doc_id, chunks, embedder.embed([c.text for c in chunks])))
+    assert index.apply(upserts=batch) == 1  # one change, one version bump
+    assert len(index.document_hashes()) == len(DOCS)
+    with pytest.raises(ValueError, match="embeddings"):
+        index.upsert_document("pets.md", make_chunks("pets.md", DOCS["pets.md"]), np.zeros((3, 384)))
+    assert index.corpus_version() == 1
