@@ -16,12 +16,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.admin import ingest_documents
 from gateway.chain import Handler, compose
 from gateway.config import DEFAULT_DEMO_KEY, DEMO_KEY_ENV, GatewayConfig, load_config
 from gateway.errors import GatewayError
-from gateway.policy import Policy, PolicySnapshot, PolicyStore, hash_key
+from gateway.policy import Policy, PolicySnapshot, PolicyStore, RetrievalPolicy, hash_key
 from gateway.proxy import OpenAIEndpoint, Receive, Scope, Send, request_headers
-from gateway.services import Services, build_services
+from gateway.services import Services, build_services, ingest_settings
 from middleware import build_stages
 from middleware.auth import authenticate
 
@@ -32,7 +33,13 @@ CONFIG_ENV = "RAG_GATEWAY_CONFIG"
 def demo_policy() -> Policy:
     """The tenant served when no policies folder is configured: key from $RAG_GATEWAY_DEMO_KEY."""
     key = os.environ.get(DEMO_KEY_ENV) or DEFAULT_DEMO_KEY
-    return Policy(tenant="demo", description="built-in demo tenant", api_keys=[hash_key(key)], models=["*"])
+    return Policy(
+        tenant="demo",
+        description="built-in demo tenant",
+        api_keys=[hash_key(key)],
+        models=["*"],
+        retrieval=RetrievalPolicy(enabled=True),
+    )
 
 
 def error_response(error: GatewayError) -> Response:
@@ -62,6 +69,7 @@ class Gateway:
                 Route("/readyz", self.readyz, methods=["GET"]),
                 Route("/v1/models", self.list_models, methods=["GET"]),
                 Route("/v1/models/{model:path}", self.get_model, methods=["GET"]),
+                Route("/admin/tenants/{tenant}/documents", self.admin_documents, methods=["POST"]),
             ],
             exception_handlers={HTTPException: self._http_exception},
             lifespan=self._lifespan,
@@ -100,12 +108,40 @@ class Gateway:
         errors = self.policies.load()
         for error in errors:
             log.error("%s", error)
+        await asyncio.to_thread(self._prepare_indexes)
         self._watcher = asyncio.create_task(self.policies.watch())
         log.info(
             "rag-gateway ready: %d tenants, %d models",
             len(self.policies.snapshot.policies),
             len(self.config.models),
         )
+
+    def _prepare_indexes(self) -> None:
+        """Report stale indexes clearly, and ingest the configured seed corpora (incrementally)."""
+        services = self.services
+        retrieval = services.extras.get("retrieval")
+        if retrieval is None:
+            return
+        from gateway.retrieval.ingest import Ingestor, format_report
+
+        for tenant, policy in self.policies.snapshot.policies.items():
+            if not policy.retrieval.enabled:
+                continue
+            index = retrieval.store.tenant(tenant)
+            stale = index.stale_reason(retrieval.embedder.model_id)
+            if stale and len(index):
+                log.error(
+                    "tenant %r: its index must be rebuilt (%s): run `rag-gateway reindex --tenant %s`",
+                    tenant,
+                    stale,
+                    tenant,
+                )
+        for tenant, folder in self.config.retrieval.seed_corpus.items():
+            ingestor = Ingestor(
+                retrieval.store.tenant(tenant), retrieval.embedder, ingest_settings(self.config)
+            )
+            report = ingestor.ingest_paths(tenant, [Path(folder)], sync=True)
+            log.info("seed corpus for %r:\n%s", tenant, format_report(report))
 
     async def stop(self) -> None:
         if self._watcher is not None:
@@ -193,6 +229,9 @@ class Gateway:
         except GatewayError as error:
             return error_response(error)
         return JSONResponse(_model_card(name))
+
+    async def admin_documents(self, request: Request) -> Response:
+        return await ingest_documents(self, request)
 
     async def _http_exception(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -9,9 +9,10 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.policy import Policy, hash_key, new_key, validate_dir
+from gateway.policy import TENANT_RE, Policy, hash_key, new_key, validate_dir
 
 SCHEMA_FILE = "schema.json"
 
@@ -94,6 +95,31 @@ def cmd_policy_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retrieval(config: GatewayConfig) -> Any:
+    from gateway.services import build_retrieval, load_local_embedder
+
+    embedder = load_local_embedder(config.retrieval.embedding_model)
+    return build_retrieval(config, embedder)["retrieval"]
+
+
+def _check_tenant(tenant: str) -> None:
+    if not TENANT_RE.match(tenant):
+        raise ConfigError(f"--tenant {tenant!r}: tenant ids are lower-case letters, digits, '-' and '_'")
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from gateway.retrieval.ingest import Ingestor, format_report
+    from gateway.services import ingest_settings
+
+    _check_tenant(args.tenant)
+    config = _config(args)
+    retrieval = _retrieval(config)
+    ingestor = Ingestor(retrieval.store.tenant(args.tenant), retrieval.embedder, ingest_settings(config))
+    report = ingestor.ingest_paths(args.tenant, [Path(p) for p in args.paths], sync=args.sync)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 1 if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rag-gateway", description="OpenAI-compatible gateway for production RAG"
@@ -117,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--tenant", required=True)
     create.set_defaults(func=cmd_keys_create)
+
+    ingest = sub.add_parser(
+        "ingest", parents=[common], help="ingest files and folders into a tenant's corpus"
+    )
+    ingest.add_argument("--tenant", required=True)
+    ingest.add_argument("--sync", action="store_true", help="also remove documents that are no longer there")
+    ingest.add_argument("--json", action="store_true", help="print the report as JSON")
+    ingest.add_argument("paths", nargs="+", metavar="PATH")
+    ingest.set_defaults(func=cmd_ingest)
 
     policy = sub.add_parser("policy", help="tenant policies").add_subparsers(
         dest="policy_command", required=True

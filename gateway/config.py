@@ -20,6 +20,8 @@ DEMO_KEY_ENV = "RAG_GATEWAY_DEMO_KEY"
 DEFAULT_DEMO_KEY = "sk-demo-rag-gateway"
 LOCAL_CHAT_MODEL = "local-extractive"
 LOCAL_EMBEDDING_MODEL = "local-minilm"
+# The sample corpus shipped in the repository; the embedded defaults serve it to the demo tenant.
+SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "samples" / "corpus"
 
 # Request fields that would let a client pick the upstream, its credentials or its headers.
 FORBIDDEN_REQUEST_FIELDS = frozenset(
@@ -127,6 +129,18 @@ class VectorStoreConfig(_Strict):
     url: str | None = Field(default=None, description="Chroma server URL for multi-replica deployments")
 
 
+class RetrievalConfig(_Strict):
+    enabled: bool = Field(default=True, description="Load the embedder and vector store at start-up")
+    embedding_model: str = Field(default="minilm", description="The local embedding model for the index")
+    chunk_max_tokens: int = Field(default=240, ge=32, le=2048)
+    chunk_overlap_tokens: int = Field(default=40, ge=0, le=512)
+    max_file_bytes: int = Field(default=50_000_000, ge=1)
+    search_threads: int = Field(default=2, ge=1, le=64)
+    seed_corpus: dict[str, str] = Field(
+        default_factory=dict, description="tenant -> folder ingested (incrementally) at start-up"
+    )
+
+
 class TelemetryConfig(_Strict):
     service_name: str = "rag-gateway"
     otlp_endpoint: str | None = None
@@ -139,6 +153,7 @@ class GatewayConfig(_Strict):
     router: RouterConfig = Field(default_factory=RouterConfig)
     state: str = Field(default="memory", description="'memory' or redis://host:port/db")
     vector_store: VectorStoreConfig = Field(default_factory=VectorStoreConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     # Where this config was read from; relative paths inside it resolve against its folder.
     base_dir: str = Field(default=".", exclude=True)
@@ -209,7 +224,10 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
 def load_config(path: str | Path | None) -> GatewayConfig:
     """Read gateway.yaml, or return the embedded defaults when no file is given."""
     if path is None:
-        return GatewayConfig(models=default_models())
+        config = GatewayConfig(models=default_models())
+        if SAMPLE_CORPUS.is_dir():
+            config.retrieval.seed_corpus = {"demo": str(SAMPLE_CORPUS)}
+        return config
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

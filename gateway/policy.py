@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -39,8 +39,59 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+DEFAULT_SOURCES_TEMPLATE = (
+    "Answer the user's question using only the numbered sources below. Cite every claim with the "
+    "number of its source in square brackets, like [1] or [2][3]. If the sources do not contain the "
+    "answer, say that you do not know rather than guessing.\n\n{sources}"
+)
+DEFAULT_REFUSAL = (
+    "I could not find this in the documents I have access to, so I won't guess. "
+    "Try rephrasing the question or ask about a topic the documents cover."
+)
+DEFAULT_UNCERTAINTY_NOTE = (
+    "The retrieved sources may not answer this question well. Say clearly how certain you are, "
+    "and do not state anything the sources do not support."
+)
+DEFAULT_CONFLICT_NOTE = (
+    "Some sources disagree with each other (marked as conflicts below). Point out the disagreement, "
+    "give each source's date or version, and prefer the newest unless the question asks otherwise."
+)
+
+
 class RetrievalPolicy(_Strict):
+    """Retrieval injection and refusal: what is searched, what is injected, when to refuse."""
+
     enabled: bool = False
+    top_k: int = Field(default=5, ge=1, le=50, description="Sources injected at most")
+    candidates: int = Field(
+        default=100, ge=1, le=1000, description="Candidates from each retriever before fusion"
+    )
+    max_context_tokens: int = Field(default=1500, ge=50, description="Token budget for the injected sources")
+    min_confidence: float = Field(
+        default=0.5, ge=0, le=1, description="Below this retrieval confidence, on_low_confidence applies"
+    )
+    on_low_confidence: Literal["refuse", "warn", "passthrough"] = "refuse"
+    refusal_message: str = DEFAULT_REFUSAL
+    uncertainty_note: str = DEFAULT_UNCERTAINTY_NOTE
+    template: str = Field(
+        default=DEFAULT_SOURCES_TEMPLATE, description="System message; {sources} is replaced"
+    )
+    conflict_note: str = DEFAULT_CONFLICT_NOTE
+    prefer_newest_on_conflict: bool = False
+    rewrite_follow_ups: bool = Field(
+        default=True, description="Expand a follow-up question with the previous turn"
+    )
+    filters: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Metadata equality filters applied to every search (e.g. kind: text)",
+    )
+
+    @field_validator("template")
+    @classmethod
+    def _has_sources(cls, value: str) -> str:
+        if "{sources}" not in value:
+            raise ValueError("the template must contain {sources} where the numbered sources go")
+        return value
 
 
 def _check_key_hash(value: str) -> str:

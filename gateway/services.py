@@ -29,6 +29,9 @@ class Services:
     async def close(self) -> None:
         for client in self.clients.values():
             await client.close()
+        retrieval = self.extras.get("retrieval")
+        if retrieval is not None:
+            retrieval.close()
 
 
 def needs_local_embedder(config: GatewayConfig) -> bool:
@@ -40,16 +43,45 @@ def needs_local_embedder(config: GatewayConfig) -> bool:
     )
 
 
-def load_local_embedder() -> Embedder:
-    from gateway.retrieval.embedder import LocalMiniLMEmbedder  # onnxruntime: only when configured
+def load_local_embedder(model: str = "minilm") -> Embedder:
+    from gateway.retrieval.embedder import make_embedder  # onnxruntime: only when configured
 
-    return LocalMiniLMEmbedder()
+    return make_embedder(model)
+
+
+def build_retrieval(config: GatewayConfig, embedder: Embedder) -> dict[str, Any]:
+    """The vector store, the retrieval service and the token counter the retrieval stage needs."""
+    from gateway.retrieval.index import IndexStore, make_chroma_client
+    from gateway.retrieval.service import RetrievalService
+    from gateway.retrieval.tokens import default_counter
+
+    store_config = config.vector_store
+    path = None if store_config.url else str(config.resolve(store_config.path))
+    client = make_chroma_client(path, store_config.url)
+    store = IndexStore(client, embedder.model_id)
+    service = RetrievalService(store, embedder, threads=config.retrieval.search_threads)
+
+    async def vector_store_ready() -> tuple[bool, str]:
+        import asyncio
+
+        beat = await asyncio.to_thread(client.heartbeat)
+        return (
+            True,
+            f"chroma {'server ' + store_config.url if store_config.url else 'embedded at ' + str(path)}"
+            f" (heartbeat {beat})",
+        )
+
+    return {
+        "retrieval": service,
+        "token_counter": default_counter(),
+        "readiness": {"vector_store": vector_store_ready},
+    }
 
 
 def build_services(config: GatewayConfig, embedder: Embedder | None = None) -> Services:
     """Create clients only for the providers the config uses (litellm is heavy to import)."""
-    if embedder is None and needs_local_embedder(config):
-        embedder = load_local_embedder()
+    if embedder is None and (needs_local_embedder(config) or config.retrieval.enabled):
+        embedder = load_local_embedder(config.retrieval.embedding_model)
     clients: dict[str, UpstreamClient] = {
         "openai": OpenAIHTTPClient(max_connections=config.router.max_connections),
         "local": LocalClient(embedder),
@@ -58,4 +90,18 @@ def build_services(config: GatewayConfig, embedder: Embedder | None = None) -> S
         from gateway.upstreams.litellm_client import LiteLLMClient
 
         clients["litellm"] = LiteLLMClient()
-    return Services(config=config, router=Router(config, clients), clients=clients, embedder=embedder)
+    services = Services(config=config, router=Router(config, clients), clients=clients, embedder=embedder)
+    if config.retrieval.enabled and embedder is not None:
+        services.extras.update(build_retrieval(config, embedder))
+    return services
+
+
+def ingest_settings(config: GatewayConfig) -> Any:
+    from gateway.retrieval.chunking import ChunkingConfig
+    from gateway.retrieval.ingest import IngestSettings
+
+    r = config.retrieval
+    return IngestSettings(
+        chunking=ChunkingConfig(max_tokens=r.chunk_max_tokens, overlap_tokens=r.chunk_overlap_tokens),
+        max_file_bytes=r.max_file_bytes,
+    )

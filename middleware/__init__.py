@@ -6,12 +6,19 @@ built per tenant from its policy by `build_stages`, and the upstream call closes
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gateway.chain import Stage
 from gateway.policy import Policy
 from gateway.services import Services
+from middleware import refusal, retrieval
 
 # Each entry builds its stage from the tenant's policy, or returns None when the policy turns it off.
-STAGE_BUILDERS: tuple = ()
+# The order is the order a request meets them on its way to the upstream.
+STAGE_BUILDERS: tuple[Callable[[Policy, Services], Stage | None], ...] = (
+    retrieval.build,
+    refusal.build,
+)
 
 
 def build_stages(policy: Policy, services: Services) -> list[Stage]:

@@ -117,7 +117,9 @@ def _reset_upstream(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("upstream").reset()
 
 
-def write_gateway_files(root: Path, upstream_base: str, extra_models: list[dict] | None = None) -> Path:
+def write_gateway_files(
+    root: Path, upstream_base: str, extra_models: list[dict] | None = None, retrieval: dict | None = None
+) -> Path:
     """gateway.yaml with mock-backed models, plus _default, acme and other policies."""
     v1 = f"{upstream_base}/v1"
     models = [
@@ -189,9 +191,11 @@ def write_gateway_files(root: Path, upstream_base: str, extra_models: list[dict]
         *(extra_models or []),
     ]
     config = {
-        "server": {"max_body_bytes": 200_000},
+        "server": {"max_body_bytes": 200_000, "admin_key_env": "TEST_ADMIN_KEY"},
         "models": models,
         "policies_dir": "policies",
+        # Most tests exercise the proxy; those about retrieval turn it on (the embedder takes time to load).
+        "retrieval": retrieval or {"enabled": False},
         "router": {
             "backoff_base_s": 0.01,
             "backoff_max_s": 0.05,

@@ -1,0 +1,210 @@
+"""retrieval: search the tenant's corpus, inject numbered sources, attach citations to the answer.
+
+The query is the last user turn; a short follow-up ("and for Zone B?") is expanded with the
+previous user turn so it is searched in context. The top hits that fit the policy's token budget
+go into one system message built from the tenant's template, and the model is told to cite them as
+[n]. The answer gets a top-level `citations` array (a stream gets it in a final chunk before
+[DONE]). The confidence is sent as `x-gateway-confidence`; the refusal stage acts on it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.chain import Handler
+from gateway.context import RequestContext
+from gateway.policy import Policy, RetrievalPolicy
+from gateway.response import GatewayResponse
+from gateway.retrieval.index import Hit, RetrievalResult
+from gateway.retrieval.service import RetrievalService
+from gateway.retrieval.tokens import TokenCounter
+from gateway.services import Services
+from gateway.sse import encode_event, event_data, iter_events
+
+NAME = "retrieval"
+FOLLOW_UP_RE = re.compile(
+    r"^\s*(and|or|but|also|what about|how about|same for|then)\b"
+    r"|\b(it|its|that|this|those|these|they|them|there)\b",
+    re.I,
+)
+SHORT_QUESTION_WORDS = 5
+
+
+@dataclass(slots=True)
+class RetrievalOutcome:
+    """What the stage found and injected; later stages (refusal, logging, replay) read it."""
+
+    query: str
+    result: RetrievalResult
+    injected: list[Hit] = field(default_factory=list)
+    refused: bool = False
+
+    def citations(self) -> list[dict[str, Any]]:
+        return [citation(n, hit) for n, hit in enumerate(self.injected, start=1)]
+
+
+def citation(number: int, hit: Hit) -> dict[str, Any]:
+    chunk = hit.chunk
+    return {
+        "id": number,
+        "chunk_id": chunk.id,
+        "source": chunk.source,
+        "title": chunk.title,
+        "section": chunk.section,
+        "page": chunk.page,
+        "date": chunk.doc_date,
+        "score": round(hit.fused_score, 6),
+    }
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def search_query(messages: list[dict[str, Any]], rewrite_follow_ups: bool) -> str:
+    """The last user turn, expanded with the previous one when it reads as a follow-up."""
+    user_turns = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
+    user_turns = [t.strip() for t in user_turns if t.strip()]
+    if not user_turns:
+        return ""
+    last = user_turns[-1]
+    if rewrite_follow_ups and len(user_turns) > 1:
+        if len(last.split()) <= SHORT_QUESTION_WORDS or FOLLOW_UP_RE.search(last):
+            return f"{user_turns[-2]} {last}"
+    return last
+
+
+def select_within_budget(hits: list[Hit], budget_tokens: int, counter: TokenCounter) -> list[Hit]:
+    """Top hits in fused order until the token budget is spent (the first always goes in)."""
+    if not hits:
+        return []
+    counts = counter.count_many([h.chunk.text for h in hits])
+    selected: list[Hit] = []
+    used = 0
+    for hit, count in zip(hits, counts, strict=True):
+        if selected and used + count > budget_tokens:
+            continue  # a smaller later chunk may still fit
+        selected.append(hit)
+        used += count
+    return selected
+
+
+def format_sources(hits: list[Hit]) -> str:
+    blocks = []
+    for number, hit in enumerate(hits, start=1):
+        chunk = hit.chunk
+        meta = [f"Source: {chunk.source}"]
+        if chunk.section:
+            meta.append(f"Section: {chunk.section}")
+        if chunk.page:
+            meta.append(f"Page: {chunk.page}")
+        if chunk.doc_date:
+            meta.append(f"Date: {chunk.doc_date}")
+        blocks.append(f"[{number}] {' | '.join(meta)}\n{chunk.text.strip()}")
+    return "\n\n".join(blocks)
+
+
+def inject(body: dict[str, Any], system_text: str) -> dict[str, Any]:
+    """A copy of the request with the sources as a system message before the first non-system turn."""
+    messages = list(body["messages"])
+    position = 0
+    while position < len(messages) and messages[position].get("role") in ("system", "developer"):
+        position += 1
+    messages.insert(position, {"role": "system", "content": system_text})
+    return {**body, "messages": messages}
+
+
+async def with_citations(
+    stream: AsyncIterator[bytes], citations: list[dict[str, Any]]
+) -> AsyncIterator[bytes]:
+    """Relay the stream; just before [DONE], one more chunk carrying the citations."""
+    header: dict[str, Any] = {}
+    async for event in iter_events(stream):
+        payload = event_data(event)
+        if payload == b"[DONE]":
+            yield encode_event(
+                {**header, "object": "chat.completion.chunk", "choices": [], "citations": citations}
+            )
+        elif not header and payload:
+            try:
+                first = orjson.loads(payload)
+                header = {k: first[k] for k in ("id", "created", "model") if k in first}
+            except (orjson.JSONDecodeError, TypeError):
+                pass
+        yield event
+
+
+class RetrievalStage:
+    name = NAME
+
+    def __init__(self, settings: RetrievalPolicy, service: RetrievalService, counter: TokenCounter) -> None:
+        self.settings = settings
+        self.service = service
+        self.counter = counter
+
+    async def handle(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
+        settings = self.settings
+        query = search_query(ctx.body["messages"], settings.rewrite_follow_ups)
+        if not query:
+            ctx.decide(NAME, "skipped", reason="no user text to search for")
+            return await call_next(ctx)
+        result = await self.service.search(
+            ctx.tenant, query, settings.top_k, settings.candidates, settings.filters
+        )
+        outcome = RetrievalOutcome(
+            query, result, select_within_budget(result.hits, settings.max_context_tokens, self.counter)
+        )
+        ctx.state[NAME] = outcome
+        ctx.response_headers["x-gateway-confidence"] = f"{result.confidence:.3f}"
+        ctx.decide(
+            NAME,
+            "retrieved",
+            query=query,
+            corpus_version=result.corpus_version,
+            confidence=round(result.confidence, 4),
+            hits=[
+                {
+                    "chunk_id": h.chunk.id,
+                    "rank": h.rank,
+                    "fused": round(h.fused_score, 6),
+                    "dense": h.dense_score,
+                    "dense_rank": h.dense_rank,
+                    "bm25": h.bm25_score,
+                    "bm25_rank": h.bm25_rank,
+                }
+                for h in result.hits
+            ],
+            injected=[h.chunk.id for h in outcome.injected],
+        )
+        if outcome.injected:
+            ctx.body = inject(
+                ctx.body, settings.template.replace("{sources}", format_sources(outcome.injected))
+            )
+        response = await call_next(ctx)
+        if outcome.refused or response.status != 200:
+            return response
+        citations = outcome.citations()
+        if response.stream is not None:
+            response.stream = with_citations(response.stream, citations)
+        else:
+            data = response.json()
+            response.set_json({**data, "citations": citations})
+        return response
+
+
+def build(policy: Policy, services: Services) -> RetrievalStage | None:
+    if not policy.retrieval.enabled:
+        return None
+    service = services.extras.get("retrieval")
+    if service is None:
+        raise RuntimeError("retrieval is enabled in a policy but the retrieval service is not configured")
+    return RetrievalStage(policy.retrieval, service, services.extras["token_counter"])
