@@ -188,6 +188,17 @@ def write_gateway_files(
             "deployments": [{"provider": "openai_compatible", "model": "e", "api_base": v1}],
         },
         {"name": "local-extractive", "deployments": [{"provider": "local", "model": "extractive"}]},
+        {
+            "name": "via-litellm",
+            "deployments": [
+                {
+                    "provider": "hosted_vllm",
+                    "model": "lit-1",
+                    "api_base": v1,
+                    "api_key_env": "MOCK_UPSTREAM_KEY",
+                }
+            ],
+        },
         *(extra_models or []),
     ]
     config = {
@@ -220,6 +231,7 @@ def write_gateway_files(
                     "azure-mock",
                     "embed-mock",
                     "local-extractive",
+                    "via-litellm",
                 ],
             }
         )

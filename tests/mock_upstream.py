@@ -2,7 +2,8 @@
 
 Behaviour is scripted per upstream model name through POST /_control:
   {"model": "m", "script": ["status:500", "ok"]}   # next calls for model m, in order
-Steps: ok | status:<code>[:<retry-after>] | hang | stream_break | stream_no_done | slow:<ms> | tool_call
+Steps: ok | status:<code>[:<retry-after>] | hang | stream_break | stream_empty | stream_no_done | slow:<ms>
+       | slowstream:<ms> | tool_call
 With an empty script every call answers "ok". GET /_requests returns what was received.
 Run standalone for benchmarks: python tests/mock_upstream.py --port 9100 [--latency-ms 50]
 """
@@ -143,6 +144,11 @@ class MockUpstream:
             )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        if step == "stream_empty":
+            # Headers sent, then the connection drops before any event: retryable by the gateway.
+            assert request.transport is not None
+            request.transport.close()
+            return response
         try:
             await response.write(_chunk(model, {"role": "assistant", "content": ""}))
             for i, word in enumerate(CHUNK_WORDS):

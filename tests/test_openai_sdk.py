@@ -122,3 +122,43 @@ def test_stream_without_done_is_not_a_clean_end(gateway: RunningGateway) -> None
     )
     with pytest.raises(openai.APIError):
         list(stream)
+
+
+def test_stream_failing_before_first_byte_is_retried_cleanly(gateway: RunningGateway) -> None:
+    gateway.upstream.script("mock-1", "stream_empty", "status:502")
+    stream = sdk(gateway).chat.completions.create(
+        model="gpt-mock", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "Hello from the mock upstream."
+    assert len(gateway.upstream.requests()) == 3
+
+
+def test_stream_falls_back_to_another_model_before_first_byte(gateway: RunningGateway) -> None:
+    gateway.upstream.script("primary-1", "stream_empty", "stream_empty")
+    stream = sdk(gateway).chat.completions.create(
+        model="primary", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    chunks = list(stream)
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        == "Hello from the mock upstream."
+    )
+    assert chunks[0].model == "backup-1"  # served by the fallback model's deployment
+
+
+def test_litellm_provider_path(gateway: RunningGateway) -> None:
+    """A non-fast-path provider goes through litellm's async API (here litellm's hosted_vllm client)."""
+    client = sdk(gateway)
+    completion = client.chat.completions.create(
+        model="via-litellm", messages=[{"role": "user", "content": "lit"}]
+    )
+    assert completion.choices[0].message.content == "echo: lit"
+    stream = client.chat.completions.create(
+        model="via-litellm", messages=[{"role": "user", "content": "lit"}], stream=True
+    )
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        == "Hello from the mock upstream."
+    )
+    assert gateway.upstream.requests()[-1]["body"]["model"] == "lit-1"
