@@ -244,3 +244,19 @@ def test_batch_apply_and_validation(store: IndexStore, embedder: LocalMiniLMEmbe
     with pytest.raises(ValueError, match="embeddings"):
         index.upsert_document("pets.md", make_chunks("pets.md", DOCS["pets.md"]), np.zeros((3, 384)))
     assert index.corpus_version() == 1
+
+
+def test_fusion_methods() -> None:
+    from gateway.retrieval.fusion import FusionParams, fuse
+
+    dense_ids, dense_scores = ["a", "b", "c"], [0.9, 0.5, 0.4]
+    bm25_ids, bm25_scores = ["c", "b"], [12.0, 6.0]
+    convex = fuse(dense_ids, dense_scores, bm25_ids, bm25_scores, FusionParams(alpha=0.5))
+    assert convex["a"] == pytest.approx(0.5)  # best dense, no BM25
+    assert convex["c"] == pytest.approx(0.5)  # worst dense, best BM25
+    assert convex["b"] == pytest.approx(0.5 * 0.2 + 0.5 * 0.5)
+    rrf = fuse(dense_ids, dense_scores, bm25_ids, bm25_scores, FusionParams(method="rrf", k=60))
+    assert rrf["b"] == pytest.approx(1 / 62 + 1 / 62)
+    assert max(rrf, key=rrf.__getitem__) == "c"  # 1/63 + 1/61 beats b
+    with pytest.raises(ValueError):
+        FusionParams(method="max")
