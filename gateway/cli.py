@@ -120,6 +120,155 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _tenant_policy(config: GatewayConfig, tenant: str) -> Policy:
+    from gateway.app import demo_policy
+
+    if config.policies_dir:
+        policies, _ = validate_dir(config.resolve(config.policies_dir))
+        for policy in policies:
+            if policy.tenant == tenant:
+                return policy
+    return demo_policy() if tenant == "demo" else Policy(tenant=tenant)
+
+
+def _policy_file(config: GatewayConfig, tenant: str) -> Path:
+    if not config.policies_dir:
+        raise ConfigError("calibrate writes into the tenant's policy file: pass --config with a policies_dir")
+    return config.resolve(config.policies_dir) / f"{tenant}.yaml"
+
+
+def cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from gateway.evaluation.golden import GoldenError, load_golden
+    from gateway.evaluation.retrieval_eval import compare_to_baseline, evaluate, format_report
+
+    _check_tenant(args.tenant)
+    config = _config(args)
+    try:
+        queries = load_golden(Path(args.golden))
+    except GoldenError as exc:
+        raise ConfigError(str(exc)) from exc
+    policy = _tenant_policy(config, args.tenant)
+    threshold = args.min_confidence if args.min_confidence is not None else policy.retrieval.min_confidence
+    retrieval = _retrieval(config)
+    report = evaluate(
+        retrieval,
+        args.tenant,
+        queries,
+        threshold,
+        policy.retrieval.candidates,
+        dict(policy.retrieval.filters) or None,
+    )
+    if args.write_baseline:
+        Path(args.write_baseline).write_text(json.dumps(report.to_dict(with_queries=False), indent=2) + "\n")
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    if args.baseline:
+        baseline = json.loads(Path(args.baseline).read_text())
+        regressions = compare_to_baseline(report.metrics, baseline, args.tolerance)
+        for line in regressions:
+            print(f"REGRESSION {line}", file=sys.stderr)
+        if regressions:
+            return 1
+        print(f"no metric worse than {args.baseline} by more than {args.tolerance}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval_import_beir(args: argparse.Namespace) -> int:
+    from gateway.evaluation.datasets import DatasetError, import_beir
+    from gateway.evaluation.golden import write_golden
+
+    return _import(
+        args,
+        lambda ingestor: import_beir(
+            Path(args.dir), ingestor, args.tenant, args.split, args.unanswerable_fraction, args.seed
+        ),
+        DatasetError,
+        write_golden,
+    )
+
+
+def cmd_eval_import_pubmedqa(args: argparse.Namespace) -> int:
+    from gateway.evaluation.datasets import DatasetError, import_pubmedqa
+    from gateway.evaluation.golden import write_golden
+
+    return _import(
+        args,
+        lambda ingestor: import_pubmedqa(
+            Path(args.file), ingestor, args.tenant, args.answerable_fraction, args.seed
+        ),
+        DatasetError,
+        write_golden,
+    )
+
+
+def _import(args: argparse.Namespace, run: Any, error_type: type[Exception], write_golden: Any) -> int:
+    from gateway.retrieval.ingest import Ingestor
+    from gateway.services import ingest_settings
+
+    _check_tenant(args.tenant)
+    config = _config(args)
+    retrieval = _retrieval(config)
+    ingestor = Ingestor(retrieval.store.tenant(args.tenant), retrieval.embedder, ingest_settings(config))
+    try:
+        result = run(ingestor)
+    except error_type as exc:
+        raise ConfigError(str(exc)) from exc
+    write_golden(Path(args.golden_out), result.queries)
+    counts = result.report.counts()
+    answerable = sum(q.answerable for q in result.queries)
+    print(
+        f"tenant {args.tenant}: {result.documents_ingested} documents in the corpus ({counts}), "
+        f"{result.documents_held_out} held out; {result.report.chunks_embedded} chunks embedded in "
+        f"{result.report.seconds:.0f}s; corpus version {result.report.corpus_version}"
+    )
+    print(
+        f"wrote {args.golden_out}: {len(result.queries)} queries, {answerable} answerable, "
+        f"{len(result.queries) - answerable} unanswerable"
+    )
+    return 0
+
+
+def cmd_eval_calibrate(args: argparse.Namespace) -> int:
+    from gateway.evaluation.calibrate import choose_threshold, format_table, trade_offs, write_min_confidence
+    from gateway.evaluation.golden import GoldenError, load_golden
+    from gateway.evaluation.retrieval_eval import evaluate
+
+    _check_tenant(args.tenant)
+    config = _config(args)
+    try:
+        queries = load_golden(Path(args.golden))
+    except GoldenError as exc:
+        raise ConfigError(str(exc)) from exc
+    if all(q.answerable for q in queries) or not any(q.answerable for q in queries):
+        raise ConfigError(f"{args.golden}: calibration needs both answerable and unanswerable queries")
+    policy_file = None if args.dry_run else _policy_file(config, args.tenant)
+    policy = _tenant_policy(config, args.tenant)
+    report = evaluate(
+        _retrieval(config),
+        args.tenant,
+        queries,
+        policy.retrieval.min_confidence,
+        policy.retrieval.candidates,
+        dict(policy.retrieval.filters) or None,
+    )
+    rows = trade_offs(report.queries)
+    print(format_table(rows))
+    chosen = choose_threshold(rows, args.target_refusal_precision)
+    if chosen is None:
+        print(
+            f"no threshold reaches a refusal precision of {args.target_refusal_precision}; policy unchanged",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"\nmin_confidence {chosen.threshold}: refusal precision {chosen.refusal_precision:.3f}, refuses "
+        f"{chosen.refused_unanswerable:.1%} of unanswerable and {chosen.refused_answerable:.1%} of answerable"
+    )
+    if policy_file is not None:
+        write_min_confidence(policy_file, chosen.threshold)
+        print(f"wrote retrieval.min_confidence: {chosen.threshold} into {policy_file}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rag-gateway", description="OpenAI-compatible gateway for production RAG"
@@ -152,6 +301,51 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--json", action="store_true", help="print the report as JSON")
     ingest.add_argument("paths", nargs="+", metavar="PATH")
     ingest.set_defaults(func=cmd_ingest)
+
+    evaluation = sub.add_parser("eval", help="measure retrieval and refusal").add_subparsers(
+        dest="eval_command", required=True
+    )
+    retrieval = evaluation.add_parser("retrieval", parents=[common], help="score a golden set")
+    retrieval.add_argument("--tenant", required=True)
+    retrieval.add_argument("--golden", required=True, metavar="FILE", help="JSONL golden queries")
+    retrieval.add_argument("--json", action="store_true", help="print one JSON object")
+    retrieval.add_argument("--baseline", metavar="FILE", help="exit 1 when a metric is worse than this")
+    retrieval.add_argument("--tolerance", type=float, default=0.02, help="allowed drop per metric (absolute)")
+    retrieval.add_argument("--write-baseline", metavar="FILE", help="save these metrics as a baseline")
+    retrieval.add_argument("--min-confidence", type=float, help="refusal threshold (default: the policy's)")
+    retrieval.set_defaults(func=cmd_eval_retrieval)
+    beir = evaluation.add_parser(
+        "import-beir", parents=[common], help="ingest a BEIR dataset, write a golden file"
+    )
+    beir.add_argument("dir")
+    beir.add_argument("--tenant", required=True)
+    beir.add_argument("--golden-out", required=True, metavar="FILE")
+    beir.add_argument("--split", default="test")
+    beir.add_argument(
+        "--unanswerable-fraction",
+        type=float,
+        default=0.2,
+        help="share of queries whose relevant documents are left out of the corpus",
+    )
+    beir.add_argument("--seed", type=int, default=13)
+    beir.set_defaults(func=cmd_eval_import_beir)
+    pubmedqa = evaluation.add_parser(
+        "import-pubmedqa",
+        parents=[common],
+        help="ingest half of PubMedQA's gold contexts, write a golden file",
+    )
+    pubmedqa.add_argument("file", help="ori_pqal.json or ori_pqal.json.gz")
+    pubmedqa.add_argument("--tenant", required=True)
+    pubmedqa.add_argument("--golden-out", required=True, metavar="FILE")
+    pubmedqa.add_argument("--answerable-fraction", type=float, default=0.5)
+    pubmedqa.add_argument("--seed", type=int, default=13)
+    pubmedqa.set_defaults(func=cmd_eval_import_pubmedqa)
+    calibrate = evaluation.add_parser("calibrate", parents=[common], help="choose min_confidence from data")
+    calibrate.add_argument("--tenant", required=True)
+    calibrate.add_argument("--golden", required=True, metavar="FILE")
+    calibrate.add_argument("--target-refusal-precision", type=float, required=True, metavar="P")
+    calibrate.add_argument("--dry-run", action="store_true", help="print the trade-off, change nothing")
+    calibrate.set_defaults(func=cmd_eval_calibrate)
 
     policy = sub.add_parser("policy", help="tenant policies").add_subparsers(
         dest="policy_command", required=True

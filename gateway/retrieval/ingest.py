@@ -125,29 +125,44 @@ class Ingestor:
             # map() keeps at most the pool's queue ahead; files are parsed while earlier ones embed.
             self._consume(pool.map(parse, pairs), known, seen, report)
         if sync:
-            gone = sorted(set(known) - seen)
-            if gone:
-                self.index.apply(deletes=gone)
-                report.files.extend(FileReport(doc_id, "deleted") for doc_id in gone)
+            self._delete_unseen(known, seen, report)
         report.corpus_version = self.index.corpus_version()
         report.seconds = round(time.perf_counter() - started, 3)
         return report
 
     def ingest_bytes(self, tenant: str, name: str, data: bytes, doc_id: str | None = None) -> IngestReport:
+        return self.ingest_many(tenant, [(name, data, doc_id)])
+
+    def ingest_many(
+        self, tenant: str, items: Iterable[tuple[str, bytes, str | None]], *, sync: bool = False
+    ) -> IngestReport:
+        """Ingest in-memory documents (name selects the format); batched like files are."""
         started = time.perf_counter()
         report = IngestReport(tenant)
-        parsed = parse_bytes(
-            name,
-            data,
-            doc_id=doc_id,
-            max_bytes=self.settings.max_file_bytes,
-            chunking=self.settings.chunking,
-            mtime=time.time(),
-        )
-        self._consume([parsed], self.index.document_hashes(), set(), report)
+        known = self.index.document_hashes()
+        seen: set[str] = set()
+        now = time.time()
+        s = self.settings
+
+        def parse(item: tuple[str, bytes, str | None]) -> ParsedFile:
+            name, data, doc_id = item
+            return parse_bytes(
+                name, data, doc_id=doc_id, max_bytes=s.max_file_bytes, chunking=s.chunking, mtime=now
+            )
+
+        with ThreadPoolExecutor(max_workers=s.parse_threads, thread_name_prefix="parse") as pool:
+            self._consume(pool.map(parse, items), known, seen, report)
+        if sync:
+            self._delete_unseen(known, seen, report)
         report.corpus_version = self.index.corpus_version()
         report.seconds = round(time.perf_counter() - started, 3)
         return report
+
+    def _delete_unseen(self, known: dict[str, str], seen: set[str], report: IngestReport) -> None:
+        gone = sorted(set(known) - seen)
+        if gone:
+            self.index.apply(deletes=gone)
+            report.files.extend(FileReport(doc_id, "deleted") for doc_id in gone)
 
     def _consume(
         self, parsed_files: Iterable[ParsedFile], known: dict[str, str], seen: set[str], report: IngestReport
