@@ -1,0 +1,852 @@
+"""Performance benchmark: rag-gateway vs a direct call, thin pass-throughs and the LiteLLM proxy.
+
+    python bench/run.py                 # full suite (make bench): 3 runs x 10 s per measurement
+    python bench/run.py --quick         # smoke run: 1 run x 3 s, fewer requests everywhere
+    python bench/run.py --profile       # also py-spy the gateway under load, top costs in the report
+    python bench/run.py --skip-litellm  # leave the LiteLLM proxy out
+
+Everything runs on loopback against tests/mock_upstream.py. The server under test is pinned to
+one core, the mock(s) and the load generator (wrk, one thread) to the other. Output:
+bench/results/latest.json, bench/results/latest.md and bench/RESULTS.md (same table, committed).
+See bench/README.md for what each number means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import profile_summary
+from procs import Server, busy_seconds, cpu_seconds, free_port, rss_mb, status_kb
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+TMP = RESULTS / "tmp"
+LOGS = RESULTS / "logs"
+LUA = BENCH / "post.lua"
+LITELLM_VENV = ROOT / ".cache" / "bench-venv-litellm"
+UPSTREAM_MODEL = "gpt-4o-mini"  # a name in LiteLLM's cost map, as a real deployment's would be
+MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Say hello in one short sentence."},
+]
+# Allowed RSS change between "after warm-up" and "after N more requests" before we call it growth:
+# allocator arenas and freelists move by a few MB without any leak.
+RSS_GROWTH_TOLERANCE_MB = 5.0
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- targets ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str  # short id used in JSON
+    label: str  # shown in the table
+    base: str  # http://127.0.0.1:port
+    model: str  # model name in the request body
+    key: str = ""
+    server: Server | None = None  # the process whose CPU and RSS we read
+    error: str | None = None  # why it could not be measured
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.base + "/v1/chat/completions"
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def body(self, stream: bool = False) -> bytes:
+        payload: dict[str, Any] = {"model": self.model, "messages": MESSAGES, "max_tokens": 16}
+        if stream:
+            payload["stream"] = True
+        return json.dumps(payload).encode()
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        return headers
+
+
+# -- wrk ----------------------------------------------------------------------------------------
+
+
+def require_tools() -> None:
+    missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]
+    if missing:
+        print(
+            f"bench: missing {', '.join(missing)}. Install with:\n"
+            "  sudo apt-get update && sudo apt-get install -y wrk util-linux\n"
+            "(wrk is Debian/Ubuntu's `wrk` package; on macOS: brew install wrk, without taskset pinning)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+def wrk(target: Target, duration_s: float, connections: int, core: int, threads: int = 1) -> dict[str, Any]:
+    """One wrk run; returns req/s, latency percentiles (ms), errors, and the target's CPU time."""
+    body_file = TMP / f"body-{target.name}-{target.model}.json"
+    body_file.write_bytes(target.body())
+    cmd = [
+        "taskset",
+        "-c",
+        str(core),
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration_s:g}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(LUA),
+        target.url,
+    ]
+    env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_KEY": target.key}
+    pid = target.server.pid if target.server else None
+    cpu_before = cpu_seconds(pid) if pid else 0.0
+    ours_before, busy_before, started = our_cpu_seconds(), busy_seconds(), time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=duration_s + 60)
+    cpu_after = cpu_seconds(pid) if pid else 0.0
+    wall = time.monotonic() - started
+    # CPU the machine spent on processes that are not ours (other jobs on a shared box): it
+    # competes with the server under test, so each run records it and the report flags it.
+    foreign = (busy_seconds() - busy_before) - (our_cpu_seconds() - ours_before)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout[-500:]}")
+    raw = json.loads(line[len("BENCH_JSON ") :])
+    seconds = raw["duration_us"] / 1e6
+    requests = raw["requests"]
+    errors = raw["errors"]
+    return {
+        "requests": requests,
+        "seconds": round(seconds, 3),
+        "rps": requests / seconds if seconds else 0.0,
+        "p50_ms": raw["latency_us"]["p50"] / 1000,
+        "p90_ms": raw["latency_us"]["p90"] / 1000,
+        "p99_ms": raw["latency_us"]["p99"] / 1000,
+        "max_ms": raw["latency_us"]["max"] / 1000,
+        "non_2xx": errors["status"],
+        "socket_errors": errors["connect"] + errors["read"] + errors["write"] + errors["timeout"],
+        "cpu_s": round(cpu_after - cpu_before, 3),
+        "cpu_us_per_req": (cpu_after - cpu_before) / requests * 1e6 if requests and pid else None,
+        "server_cpu_pct": 100 * (cpu_after - cpu_before) / wall if pid else None,
+        "foreign_cpu_pct": max(0.0, 100 * foreign / wall),
+    }
+
+
+# Every server we start; their CPU (with ours and wrk's) is subtracted from the machine's.
+TRACKED: list[Server] = []
+
+
+def our_cpu_seconds() -> float:
+    own = os.times()
+    total = own.user + own.system + own.children_user + own.children_system  # this process and wrk
+    return total + sum(cpu_seconds(s.pid) for s in TRACKED if s.alive())
+
+
+def background_load(seconds: float = 2.0) -> float:
+    """Busy CPU, in % of one core, of everything but us over a short window."""
+    ours, busy, started = our_cpu_seconds(), busy_seconds(), time.monotonic()
+    time.sleep(seconds)
+    foreign = (busy_seconds() - busy) - (our_cpu_seconds() - ours)
+    return max(0.0, 100 * foreign / (time.monotonic() - started))
+
+
+def wait_for_quiet(max_wait_s: float, threshold_pct: float = 15.0) -> float:
+    """Wait (bounded) until other processes use under threshold_pct of a core; returns the last reading."""
+    deadline = time.monotonic() + max_wait_s
+    load = background_load()
+    while load > threshold_pct and time.monotonic() < deadline:
+        log(f"other processes are using {load:.0f}% of a core; waiting for a quieter machine")
+        time.sleep(5)
+        load = background_load()
+    return load
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-metric medians over runs; error counts are summed."""
+    out: dict[str, Any] = {"runs": len(runs)}
+    for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "cpu_us_per_req", "server_cpu_pct"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        out[key] = statistics.median(values) if values else None
+    for key in ("requests", "non_2xx", "socket_errors"):
+        out[key] = sum(r[key] for r in runs)
+    out["foreign_cpu_pct_max"] = max((r.get("foreign_cpu_pct", 0.0) for r in runs), default=0.0)
+    return out
+
+
+# -- set-up -------------------------------------------------------------------------------------
+
+
+def write_gateway_config(port: int, mock_fast: int, mock_slow: int, key: str) -> Path:
+    from gateway.policy import hash_key
+
+    policies = TMP / "policies"
+    policies.mkdir(parents=True, exist_ok=True)
+    (policies / "_default.yaml").write_text("models: [bench, bench-slow]\nlog_content: false\n")
+    (policies / "bench.yaml").write_text(f'tenant: bench\napi_keys: ["{hash_key(key)}"]\n')
+    config = TMP / "gateway.yaml"
+    config.write_text(
+        f"""# written by bench/run.py
+server: {{host: 127.0.0.1, port: {port}}}
+policies_dir: policies
+models:
+  - name: bench
+    deployments:
+      - {{provider: openai_compatible, model: {UPSTREAM_MODEL}, api_base: "http://127.0.0.1:{mock_fast}/v1"}}
+  - name: bench-slow
+    deployments:
+      - {{provider: openai_compatible, model: {UPSTREAM_MODEL}, api_base: "http://127.0.0.1:{mock_slow}/v1"}}
+state: memory
+"""
+    )
+    return config
+
+
+def write_litellm_config(mock_fast: int, mock_slow: int, master_key: str) -> Path:
+    config = TMP / "litellm.yaml"
+    config.write_text(
+        f"""# written by bench/run.py
+model_list:
+  - model_name: bench
+    litellm_params:
+      model: openai/{UPSTREAM_MODEL}
+      api_base: "http://127.0.0.1:{mock_fast}/v1"
+      api_key: sk-mock
+  - model_name: bench-slow
+    litellm_params:
+      model: openai/{UPSTREAM_MODEL}
+      api_base: "http://127.0.0.1:{mock_slow}/v1"
+      api_key: sk-mock
+litellm_settings:
+  drop_params: true
+  set_verbose: false
+general_settings:
+  master_key: {master_key}
+  disable_spend_logs: true
+"""
+    )
+    return config
+
+
+def ensure_litellm(reinstall: bool) -> tuple[Path | None, str]:
+    """LiteLLM proxy in its own venv under .cache/ (gitignored): (its executable, its version or why not)."""
+    exe = LITELLM_VENV / "bin" / "litellm"
+    python = LITELLM_VENV / "bin" / "python"
+    if reinstall and LITELLM_VENV.exists():
+        shutil.rmtree(LITELLM_VENV)
+    if not exe.exists():
+        log(f"installing litellm[proxy] into {LITELLM_VENV.relative_to(ROOT)} (one-off, a few minutes)")
+        install_log = LOGS / "litellm-install.log"
+        with install_log.open("wb") as out:
+            steps = [
+                [sys.executable, "-m", "venv", str(LITELLM_VENV)],
+                [str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"],
+                # httptools: the same HTTP parser our uvicorn uses, so the server stacks match.
+                [str(python), "-m", "pip", "install", "-q", "litellm[proxy]", "httptools"],
+            ]
+            for step in steps:
+                try:
+                    rc = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, timeout=1200).returncode
+                except subprocess.TimeoutExpired:
+                    rc = -1
+                if rc != 0:
+                    return None, f"install failed (`{' '.join(step[-3:])}` exited {rc}; see {install_log})"
+    try:
+        version = subprocess.run(
+            [str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.strip()
+    except (subprocess.SubprocessError, OSError) as exc:
+        return None, f"installed but not importable: {exc}"
+    return exe, version
+
+
+def validate(target: Target, stream: bool = False) -> str | None:
+    """One request through the target; None when it answered a proper completion."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", int(target.base.rsplit(":", 1)[1]), timeout=30)
+        conn.request("POST", "/v1/chat/completions", target.body(stream), target.headers())
+        response = conn.getresponse()
+        raw = response.read()
+        conn.close()
+    except OSError as exc:
+        return f"request failed: {exc}"
+    if response.status != 200:
+        return f"HTTP {response.status}: {raw[:300]!r}"
+    if stream:
+        return None if b"[DONE]" in raw else f"stream without [DONE]: {raw[-200:]!r}"
+    try:
+        content = json.loads(raw)["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return f"not a chat completion: {raw[:300]!r}"
+    return None if content else "empty completion"
+
+
+# -- streaming time to first byte ---------------------------------------------------------------
+
+
+def ttfb_series(targets: list[Target], requests: int, time_cap_s: float) -> dict[str, dict[str, Any]]:
+    """Sequential streaming requests, interleaved across targets over keep-alive connections.
+
+    TTFB = from sending the request to receiving the first bytes of the response body (the
+    first SSE event); the rest of the stream is read and checked for [DONE].
+    """
+    conns = {
+        t.name: http.client.HTTPConnection("127.0.0.1", int(t.base.rsplit(":", 1)[1]), timeout=30)
+        for t in targets
+    }
+    samples: dict[str, list[float]] = {t.name: [] for t in targets}
+    overhead: dict[str, list[float]] = {t.name: [] for t in targets}
+    failures: dict[str, int] = {t.name: 0 for t in targets}
+    deadline = time.monotonic() + time_cap_s
+    warmup = min(50, requests // 10)
+    for i in range(requests + warmup):
+        if time.monotonic() > deadline:
+            break
+        for t in targets:
+            body, headers = t.body(stream=True), t.headers()
+            conn = conns[t.name]
+            start = time.perf_counter()
+            conn.request("POST", "/v1/chat/completions", body, headers)
+            response = conn.getresponse()
+            first = response.read1(65536)
+            elapsed = time.perf_counter() - start
+            rest = response.read()
+            if response.status != 200 or b"[DONE]" not in first + rest:
+                failures[t.name] += 1
+                continue
+            if i >= warmup:
+                samples[t.name].append(elapsed * 1000)
+                reported = response.getheader("x-gateway-overhead-ms")
+                if reported:
+                    overhead[t.name].append(float(reported))
+    for conn in conns.values():
+        conn.close()
+    out = {}
+    for t in targets:
+        values = sorted(samples[t.name])
+        if not values:
+            out[t.name] = {"requests": 0, "failures": failures[t.name]}
+            continue
+        out[t.name] = {
+            "requests": len(values),
+            "failures": failures[t.name],
+            "p50_ms": percentile(values, 50),
+            "p90_ms": percentile(values, 90),
+            "p99_ms": percentile(values, 99),
+            "self_reported_overhead_p50_ms": statistics.median(overhead[t.name])
+            if overhead[t.name]
+            else None,
+        }
+    return out
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    index = min(len(sorted_values) - 1, max(0, round(pct / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[index]
+
+
+# -- the suite ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=3, help="runs per measurement; medians are reported")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    p.add_argument("--connections", type=int, default=8, help="concurrent connections (wrk -c)")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds of unrecorded load per target first")
+    p.add_argument("--latency-ms", type=float, default=50.0, help="mock latency for the added-latency test")
+    p.add_argument("--ttfb-requests", type=int, default=1000, help="sequential streaming requests per target")
+    p.add_argument("--mem-requests", type=int, default=100_000, help="requests between the RSS readings")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 x 3 s, 150 TTFB, 10k memory requests")
+    p.add_argument("--profile", action="store_true", help="py-spy the gateway under load (needs py-spy)")
+    p.add_argument("--profile-seconds", type=float, default=20.0)
+    p.add_argument("--skip-litellm", action="store_true", help="do not install or run the LiteLLM proxy")
+    p.add_argument(
+        "--wait-quiet", type=float, default=120.0, help="wait up to this many s for other CPU load to stop"
+    )
+    p.add_argument("--gateway-src", help="benchmark the gateway code in this checkout (e.g. a git worktree)")
+    p.add_argument("--reinstall-litellm", action="store_true", help="recreate its venv first")
+    p.add_argument("--server-core", type=int, default=0, help="core for the server under test")
+    p.add_argument("--load-core", type=int, default=1, help="core for the mock and wrk")
+    p.add_argument("--no-commit-copy", action="store_true", help="do not copy the table to bench/RESULTS.md")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.runs, args.duration, args.warmup = 1, 3.0, 1.0
+        args.ttfb_requests, args.mem_requests, args.profile_seconds = 150, 10_000, 5.0
+        args.wait_quiet = 0.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    require_tools()
+    if len(os.sched_getaffinity(0)) < 2:
+        log("warning: fewer than 2 usable cores; server and load generator will share one")
+    for d in (TMP, LOGS):
+        d.mkdir(parents=True, exist_ok=True)
+    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    started = time.monotonic()
+    servers = TRACKED  # every server started is tracked for CPU accounting and stopped at the end
+    report: dict[str, Any] = {"args": vars(args), "environment": environment(), "notes": []}
+    try:
+        run_suite(args, servers, report)
+    finally:
+        for server in reversed(servers):
+            rc = server.stop()
+            report.setdefault("exit_codes", {})[server.name] = rc
+    report["wall_s"] = round(time.monotonic() - started, 1)
+    report["logs"] = scan_logs(servers)
+    write_outputs(args, report)
+    return 0
+
+
+def run_suite(args: argparse.Namespace, servers: list[Server], report: dict[str, Any]) -> None:
+    load = wait_for_quiet(args.wait_quiet)
+    report["background_load_pct_at_start"] = round(load, 1)
+    if load > 15:
+        report["notes"].append(
+            f"other processes were using {load:.0f}% of a core when the suite started; "
+            "see the 'other load' column"
+        )
+    sc, lc = args.server_core, args.load_core
+    py = sys.executable
+    mock_fast_port, mock_slow_port = free_port(), free_port()
+    mock_cmd = [py, str(ROOT / "tests" / "mock_upstream.py"), "--port"]
+    mock_fast = Server("mock", [*mock_cmd, str(mock_fast_port)], mock_fast_port, LOGS, lc)
+    mock_slow = Server(
+        "mock-latency",
+        [*mock_cmd, str(mock_slow_port), "--latency-ms", f"{args.latency_ms:g}"],
+        mock_slow_port,
+        LOGS,
+        lc,
+    )
+    for mock in (mock_fast, mock_slow):
+        servers.append(mock)
+        mock.start()
+    for mock in (mock_fast, mock_slow):
+        mock.wait_ready(30)
+
+    # rag-gateway: ONE worker, pinned to the server core.
+    gw_port = free_port()
+    key = "sk-bench-" + os.urandom(12).hex()
+    config = write_gateway_config(gw_port, mock_fast_port, mock_slow_port, key)
+    gw_exe = Path(py).parent / "rag-gateway"
+    gw_cmd = [str(gw_exe)] if gw_exe.exists() and not args.gateway_src else [py, "-m", "gateway"]
+    gw_src = Path(args.gateway_src).resolve() if args.gateway_src else ROOT
+    if args.gateway_src:
+        report["notes"].append(f"gateway code from {gw_src} (--gateway-src), not the working tree")
+    gateway = Server(
+        "rag-gateway",
+        [
+            *gw_cmd,
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(gw_port),
+            "--workers",
+            "1",
+            "--log-level",
+            "warning",
+        ],
+        gw_port,
+        LOGS,
+        sc,
+        ready_path="/healthz",
+        cwd=gw_src,
+        env={"PYTHONPATH": str(gw_src)} if args.gateway_src else None,
+    )
+    servers.append(gateway)
+    gateway.start()
+    gateway.wait_ready(60)
+    time.sleep(1.0)
+    memory: dict[str, Any] = {
+        "idle_rss_mb": rss_mb(gateway.pid),
+        "idle_cpu_s_at_start": cpu_seconds(gateway.pid),
+    }
+    log(f"gateway ready (pid {gateway.pid}), idle RSS {memory['idle_rss_mb']:.1f} MB")
+
+    passthroughs = []
+    for kind, upstream_port in (
+        ("httpx", mock_fast_port),
+        ("aiohttp", mock_fast_port),
+        ("aiohttp", mock_slow_port),
+    ):
+        port = free_port()
+        server = Server(
+            f"passthrough-{kind}" + ("-latency" if upstream_port == mock_slow_port else ""),
+            [
+                py,
+                "-m",
+                "uvicorn",
+                f"passthrough_{kind}:app",
+                "--app-dir",
+                str(BENCH),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--workers",
+                "1",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            port,
+            LOGS,
+            sc,
+            env={"BENCH_UPSTREAM": f"http://127.0.0.1:{upstream_port}/v1"},
+        )
+        servers.append(server)
+        server.start()
+        passthroughs.append(server)
+
+    litellm_server: Server | None = None
+    litellm_error: str | None = None
+    litellm_key = "sk-bench-litellm-" + os.urandom(8).hex()
+    if args.skip_litellm:
+        litellm_error = "skipped (--skip-litellm)"
+    else:
+        exe, detail = ensure_litellm(args.reinstall_litellm)
+        if exe is None:
+            litellm_error = detail
+        else:
+            report["environment"]["litellm"] = detail
+            port = free_port()
+            env = {
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                "LITELLM_TELEMETRY_DISABLED": "True",
+                "LITELLM_LOG": "ERROR",
+                "DATABASE_URL": None,
+                "STORE_MODEL_IN_DB": "False",
+            }
+            litellm_server = Server(
+                "litellm-proxy",
+                [
+                    str(exe),
+                    "--config",
+                    str(write_litellm_config(mock_fast_port, mock_slow_port, litellm_key)),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--num_workers",
+                    "1",
+                ],
+                port,
+                LOGS,
+                sc,
+                env=env,
+                ready_path="/health/liveliness",
+                cwd=TMP,
+            )
+            servers.append(litellm_server)
+            litellm_server.start()
+    for server in passthroughs:
+        server.wait_ready(60)
+    if litellm_server is not None:
+        try:
+            litellm_server.wait_ready(240)
+        except RuntimeError as exc:
+            litellm_error = f"did not start: {exc}\n{litellm_server.log_tail(15)}"
+
+    def target(name: str, label: str, server: Server | None, base: str, model: str, key: str = "") -> Target:
+        return Target(name, label, base, model, key, server)
+
+    direct = target("direct", "direct (wrk → mock)", mock_fast, mock_fast.base, UPSTREAM_MODEL)
+    gw = target("gateway", "rag-gateway", gateway, gateway.base, "bench", key)
+    pt_httpx = target(
+        "passthrough_httpx",
+        "pass-through: starlette + httpx",
+        passthroughs[0],
+        passthroughs[0].base,
+        UPSTREAM_MODEL,
+    )
+    pt_aiohttp = target(
+        "passthrough_aiohttp",
+        "pass-through: starlette + aiohttp",
+        passthroughs[1],
+        passthroughs[1].base,
+        UPSTREAM_MODEL,
+    )
+    lite = target(
+        "litellm",
+        "LiteLLM proxy",
+        litellm_server,
+        litellm_server.base if litellm_server else "",
+        "bench",
+        litellm_key,
+    )
+    lite.error = litellm_error
+    targets = [direct, gw, pt_httpx, pt_aiohttp, lite]
+    for t in targets:
+        if t.ok:
+            t.error = validate(t) or validate(t, stream=True)
+        if t.error:
+            log(f"{t.label}: not measured: {t.error.splitlines()[0]}")
+    if not gw.ok:
+        raise RuntimeError(f"the gateway does not answer: {gw.error}")
+    live = [t for t in targets if t.ok]
+
+    # 1-4: throughput, mock at zero latency. Warm every target, then interleave the runs so a
+    # slow drift of the machine hits every target alike.
+    log(f"warm-up: {args.warmup:g} s per target")
+    for t in live:
+        wrk(t, args.warmup, args.connections, lc)
+    memory["rss_after_warmup_mb"] = rss_mb(gateway.pid)
+    throughput: dict[str, list[dict[str, Any]]] = {t.name: [] for t in live}
+    for run in range(args.runs):
+        order = live[run % len(live) :] + live[: run % len(live)]
+        for t in order:
+            result = wrk(t, args.duration, args.connections, lc)
+            throughput[t.name].append(result)
+            log(
+                f"throughput run {run + 1}/{args.runs} {t.label}: {result['rps']:.0f} req/s, "
+                f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
+                f"errors {result['non_2xx'] + result['socket_errors']}"
+            )
+    report["throughput"] = {
+        name: {"median": median_of(runs), "runs": runs} for name, runs in throughput.items()
+    }
+
+    # 5: added latency at light load (upstream answers in --latency-ms): at --connections clients,
+    # whose requests arrive in bursts (wrk's clients stay in lock-step behind the same upstream
+    # delay), and at one client, which isolates the per-request cost from queueing in the burst.
+    pt_slow = passthroughs[2]
+    slow_targets = [
+        Target("direct", "direct (wrk → mock)", mock_slow.base, UPSTREAM_MODEL, "", mock_slow),
+        Target("gateway", "rag-gateway", gateway.base, "bench-slow", key, gateway),
+        Target("passthrough_aiohttp", pt_aiohttp.label, pt_slow.base, UPSTREAM_MODEL, "", pt_slow),
+    ]
+    if lite.ok:
+        slow_targets.append(
+            Target("litellm", "LiteLLM proxy", lite.base, "bench-slow", litellm_key, lite.server)
+        )
+    slow_targets = [t for t in slow_targets if validate(t) is None]
+    levels = sorted({args.connections, 1}, reverse=True)
+    latency: dict[int, dict[str, list[dict[str, Any]]]] = {
+        c: {t.name: [] for t in slow_targets} for c in levels
+    }
+    for t in slow_targets:
+        wrk(t, min(args.warmup, 2.0), args.connections, lc)
+    for run in range(args.runs):
+        for clients in levels:
+            for t in slow_targets:
+                result = wrk(t, args.duration, clients, lc)
+                latency[clients][t.name].append(result)
+                log(
+                    f"latency run {run + 1}/{args.runs} {clients} clients {t.label}: "
+                    f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms"
+                )
+    report["latency"] = {
+        "upstream_latency_ms": args.latency_ms,
+        "levels": {
+            str(clients): {
+                name: {"median": median_of(runs), "runs": runs} for name, runs in by_target.items()
+            }
+            for clients, by_target in latency.items()
+        },
+        "targets": {
+            name: {"median": median_of(runs), "runs": runs}
+            for name, runs in latency[args.connections].items()
+        },
+    }
+
+    # 6: streaming time to first byte, sequential, from this process pinned to the load core.
+    log(f"streaming TTFB: {args.ttfb_requests} sequential requests per target")
+    affinity = os.sched_getaffinity(0)
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, {lc})
+    try:
+        report["ttfb"] = ttfb_series(live, args.ttfb_requests, time_cap_s=max(60.0, args.ttfb_requests * 0.2))
+    finally:
+        os.sched_setaffinity(0, affinity)
+
+    # 7: memory. The gateway is warm by now (every phase above went through it); read RSS, send
+    # --mem-requests more, read it again, sampling along the way.
+    memory["rss_before_mem_phase_mb"] = rss_mb(gateway.pid)
+    samples = [(0, memory["rss_before_mem_phase_mb"])]
+    sent, deadline = 0, time.monotonic() + max(120.0, args.mem_requests / 300)
+    chunk_s = min(10.0, args.duration)
+    while sent < args.mem_requests and time.monotonic() < deadline:
+        result = wrk(gw, chunk_s, args.connections, lc)
+        sent += result["requests"]
+        samples.append((sent, rss_mb(gateway.pid)))
+        if result["non_2xx"] or result["socket_errors"]:
+            report["notes"].append(
+                f"memory phase: {result['non_2xx']} non-2xx, "
+                f"{result['socket_errors']} socket errors in {result['requests']} requests"
+            )
+    memory.update(
+        {
+            "mem_phase_requests": sent,
+            "rss_after_mem_phase_mb": samples[-1][1],
+            "rss_growth_mb": samples[-1][1] - samples[0][1],
+            "rss_samples": samples,
+            "peak_rss_mb": (status_kb(gateway.pid, "VmHWM") or 0) / 1024,
+            "tolerance_mb": RSS_GROWTH_TOLERANCE_MB,
+        }
+    )
+    log(
+        f"memory: {memory['rss_before_mem_phase_mb']:.1f} MB -> {memory['rss_after_mem_phase_mb']:.1f} MB "
+        f"after {sent} requests"
+    )
+    report["memory"] = memory
+
+    # Profile last, so py-spy's sampling cannot disturb any number above.
+    if args.profile:
+        report["profile"] = profile_gateway(gw, args, lc)
+
+    report["targets"] = {t.name: {"label": t.label, "error": t.error} for t in targets}
+    report["gateway_alive_at_end"] = gateway.alive()
+
+
+def profile_gateway(gw: Target, args: argparse.Namespace, core: int) -> dict[str, Any]:
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(pyspy).exists():
+        return {"error": "py-spy not installed (pip install py-spy)"}
+    assert gw.server is not None
+    out = RESULTS / "profile-gateway.txt"
+    log(f"profiling the gateway for {args.profile_seconds:g} s under load (py-spy)")
+    spy = subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            str(core),
+            pyspy,
+            "record",
+            "--pid",
+            str(gw.server.pid),
+            "--rate",
+            "200",
+            "--duration",
+            f"{args.profile_seconds:g}",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(LOGS / "py-spy.log").open("wb"),
+    )
+    time.sleep(0.5)
+    load = wrk(gw, args.profile_seconds, args.connections, core)
+    try:
+        spy.wait(args.profile_seconds + 60)
+    except subprocess.TimeoutExpired:
+        spy.terminate()
+        return {"error": "py-spy did not finish"}
+    if spy.returncode != 0 or not out.exists():
+        return {"error": f"py-spy exited {spy.returncode}: {(LOGS / 'py-spy.log').read_text()[-400:]}"}
+    summary = profile_summary.summarise(out.read_text())
+    summary["requests_during_profile"] = load["requests"]
+    summary["rps_under_profiler"] = load["rps"]
+    summary["file"] = str(out.relative_to(ROOT))
+    return summary
+
+
+# -- environment, logs, output -------------------------------------------------------------------
+
+
+def environment() -> dict[str, Any]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        cpu = next(
+            (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), ""
+        )
+    versions = {}
+    for dist in ("uvicorn", "uvloop", "httptools", "starlette", "aiohttp", "httpx", "orjson"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[dist] = importlib.metadata.version(dist)
+    wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "gateway", "middleware"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "wrk": wrk_version.strip(),
+        "packages": versions,
+        "commit": commit + (" (gateway/middleware modified)" if dirty else ""),
+    }
+
+
+LOG_PROBLEM = re.compile(r"\b(ERROR|CRITICAL|Traceback|Exception)\b")
+
+
+def scan_logs(servers: list[Server]) -> dict[str, Any]:
+    """Problem lines in each server's output (errors under load are part of the result)."""
+    out = {}
+    for server in servers:
+        try:
+            lines = server.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        problems = [ln for ln in lines if LOG_PROBLEM.search(ln)]
+        out[server.name] = {"lines": len(lines), "problem_lines": len(problems), "first": problems[:5]}
+    return out
+
+
+def write_outputs(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    import report as report_md
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    markdown = report_md.render(report)
+    (RESULTS / "latest.md").write_text(markdown)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (RESULTS / f"run-{stamp}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if not args.no_commit_copy:
+        (BENCH / "RESULTS.md").write_text(markdown)
+    print(markdown)
+    log(
+        f"wrote {RESULTS.relative_to(ROOT)}/latest.json, latest.md"
+        + ("" if args.no_commit_copy else " and bench/RESULTS.md")
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
