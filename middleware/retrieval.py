@@ -20,6 +20,7 @@ from gateway.chain import Handler
 from gateway.context import RequestContext
 from gateway.policy import Policy, RetrievalPolicy
 from gateway.response import GatewayResponse
+from gateway.retrieval.conflicts import ConflictGroup, find_conflicts, newest
 from gateway.retrieval.index import Hit, RetrievalResult
 from gateway.retrieval.service import RetrievalService
 from gateway.retrieval.tokens import TokenCounter
@@ -42,10 +43,24 @@ class RetrievalOutcome:
     query: str
     result: RetrievalResult
     injected: list[Hit] = field(default_factory=list)
+    conflicts: list[ConflictGroup] = field(default_factory=list)  # members index `injected`
+    preferred: set[int] = field(default_factory=set)  # injected indexes preferred as newest
     refused: bool = False
 
+    def conflict_of(self) -> dict[int, int]:
+        """injected index -> 1-based conflict group number."""
+        return {member: g for g, group in enumerate(self.conflicts, start=1) for member in group.members}
+
     def citations(self) -> list[dict[str, Any]]:
-        return [citation(n, hit) for n, hit in enumerate(self.injected, start=1)]
+        groups = self.conflict_of()
+        cited = []
+        for i, hit in enumerate(self.injected):
+            entry = citation(i + 1, hit)
+            if i in groups:
+                entry["conflict_group"] = groups[i]
+                entry["preferred"] = i in self.preferred
+            cited.append(entry)
+        return cited
 
 
 def citation(number: int, hit: Hit) -> dict[str, Any]:
@@ -98,9 +113,13 @@ def select_within_budget(hits: list[Hit], budget_tokens: int, counter: TokenCoun
     return selected
 
 
-def format_sources(hits: list[Hit]) -> str:
+def format_sources(hits: list[Hit], conflicts: list[ConflictGroup] | None = None) -> str:
+    partners: dict[int, list[int]] = {}
+    for group in conflicts or []:
+        for member in group.members:
+            partners[member] = [m + 1 for m in group.members if m != member]
     blocks = []
-    for number, hit in enumerate(hits, start=1):
+    for i, hit in enumerate(hits):
         chunk = hit.chunk
         meta = [f"Source: {chunk.source}"]
         if chunk.section:
@@ -109,8 +128,22 @@ def format_sources(hits: list[Hit]) -> str:
             meta.append(f"Page: {chunk.page}")
         if chunk.doc_date:
             meta.append(f"Date: {chunk.doc_date}")
-        blocks.append(f"[{number}] {' | '.join(meta)}\n{chunk.text.strip()}")
+        if i in partners:
+            meta.append("Conflicts with " + ", ".join(f"[{n}]" for n in partners[i]))
+        blocks.append(f"[{i + 1}] {' | '.join(meta)}\n{chunk.text.strip()}")
     return "\n\n".join(blocks)
+
+
+def conflict_instructions(outcome: RetrievalOutcome, settings: RetrievalPolicy) -> str:
+    lines = [settings.conflict_note]
+    for g, group in enumerate(outcome.conflicts, start=1):
+        values = "; ".join(f"[{m + 1}] says {value}" for m, value in sorted(group.values.items()))
+        line = f"Conflict {g} ({group.subject}): {values}."
+        newest_member = next((m for m in group.members if m in outcome.preferred), None)
+        if newest_member is not None:
+            line += f" Prefer [{newest_member + 1}], the newest source."
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def inject(body: dict[str, Any], system_text: str) -> dict[str, Any]:
@@ -186,9 +219,21 @@ class RetrievalStage:
             injected=[h.chunk.id for h in outcome.injected],
         )
         if outcome.injected:
-            ctx.body = inject(
-                ctx.body, settings.template.replace("{sources}", format_sources(outcome.injected))
+            chunks = [h.chunk for h in outcome.injected]
+            outcome.conflicts = find_conflicts(chunks)
+            if settings.prefer_newest_on_conflict:
+                outcome.preferred = {newest(chunks, group) for group in outcome.conflicts}
+            system = settings.template.replace(
+                "{sources}", format_sources(outcome.injected, outcome.conflicts)
             )
+            if outcome.conflicts:
+                system += "\n\n" + conflict_instructions(outcome, settings)
+                groups = [
+                    {"chunks": [chunks[m].id for m in group.members], "subject": group.subject}
+                    for group in outcome.conflicts
+                ]
+                ctx.decide(NAME, "conflicts", groups=groups)
+            ctx.body = inject(ctx.body, system)
         response = await call_next(ctx)
         if outcome.refused or response.status != 200:
             return response

@@ -248,3 +248,41 @@ def test_cli_ingest_is_incremental_and_sync_removes(tmp_path: Path) -> None:
         "broken.pdf": "error",
     }
     assert changed["corpus_version"] > first["corpus_version"]
+
+
+def test_conflicting_sources_are_grouped_and_flagged(rag: RunningGateway) -> None:
+    docs = [
+        {
+            "name": "refunds-2022.md",
+            "content": "---\ndate: 2022-03-01\nversion: '1.0'\n---\n# Refunds\n\n"
+            "Annual plans are refunded in full if you ask within 14 days of purchase.",
+        },
+        {
+            "name": "refunds-2024.md",
+            "content": "---\ndate: 2024-05-01\nversion: '2.0'\n---\n# Refunds\n\n"
+            "Annual plans are refunded in full if you ask within 30 days of purchase.",
+        },
+    ]
+    upload = httpx.post(
+        f"{rag.url}/admin/tenants/acme/documents",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        json={"documents": docs},
+        timeout=60,
+    )
+    assert upload.status_code == 200
+    policy_file = rag.config_path.parent / "policies" / "acme.yaml"
+    data = yaml.safe_load(policy_file.read_text())
+    data["retrieval"] = retrieval_policy(prefer_newest_on_conflict=True)
+    policy_file.write_text(yaml.safe_dump(data))
+    import time
+
+    time.sleep(1.2)  # hot reload
+    response = ask(rag, "Within how many days are annual plans refunded?")
+    citations = {c["source"]: c for c in response.json()["citations"]}
+    old, new = citations["refunds-2022.md"], citations["refunds-2024.md"]
+    assert old["conflict_group"] == new["conflict_group"]
+    assert new["preferred"] is True and old["preferred"] is False
+    assert old["date"] == "2022-03-01" and new["date"] == "2024-05-01"
+    system = rag.upstream.requests()[-1]["body"]["messages"][0]["content"]
+    assert "Conflicts with" in system and "disagree" in system
+    assert f"Prefer [{new['id']}], the newest source." in system
