@@ -20,6 +20,8 @@ from gateway.admin import ingest_documents
 from gateway.chain import Handler, compose
 from gateway.config import DEFAULT_DEMO_KEY, DEMO_KEY_ENV, GatewayConfig, load_config
 from gateway.errors import GatewayError
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.observability import Observability
 from gateway.policy import Policy, PolicySnapshot, PolicyStore, RetrievalPolicy, hash_key
 from gateway.proxy import OpenAIEndpoint, Receive, Scope, Send, request_headers
 from gateway.services import Services, build_services, ingest_settings
@@ -51,9 +53,15 @@ def error_response(error: GatewayError) -> Response:
 class Gateway:
     """Owns the config, the policy store, the shared services and each tenant's composed chain."""
 
-    def __init__(self, config: GatewayConfig, services: Services | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        services: Services | None = None,
+        observability: Observability | None = None,
+    ) -> None:
         self.config = config
         self._services = services
+        self.observability = observability or Observability.from_config(config.telemetry)
         self._chains: dict[tuple[str, str], Handler] = {}
         policies_dir = config.resolve(config.policies_dir) if config.policies_dir else None
         extra = [] if policies_dir else [demo_policy()]
@@ -67,6 +75,7 @@ class Gateway:
             routes=[
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/readyz", self.readyz, methods=["GET"]),
+                Route("/metrics", self.metrics, methods=["GET"]),
                 Route("/v1/models", self.list_models, methods=["GET"]),
                 Route("/v1/models/{model:path}", self.get_model, methods=["GET"]),
                 Route("/admin/tenants/{tenant}/documents", self.admin_documents, methods=["POST"]),
@@ -104,7 +113,9 @@ class Gateway:
             log.warning("%s (requests routed there will fail)", line)
         if self._services is None:
             # Model loading reads files and builds sessions: keep it off the event loop.
-            self._services = await asyncio.to_thread(build_services, self.config)
+            self._services = await asyncio.to_thread(
+                build_services, self.config, None, self.observability.tracing
+            )
         errors = self.policies.load()
         for error in errors:
             log.error("%s", error)
@@ -150,6 +161,7 @@ class Gateway:
                 await self._watcher
         if self._services is not None:
             await self._services.close()
+        self.observability.close()
 
     # -- chains -------------------------------------------------------------------------------
 
@@ -158,9 +170,10 @@ class Gateway:
             return
         chains: dict[tuple[str, str], Handler] = {}
         terminal = self._services.router.call
+        tracer = self.observability.tracing.tracer
         for tenant, policy in snapshot.policies.items():
             stages = build_stages(policy, self._services)
-            chains[(tenant, "chat")] = compose(stages, terminal)
+            chains[(tenant, "chat")] = compose(stages, terminal, tracer)
             # Embeddings skip the chat-only stages; they go straight to the router.
             chains[(tenant, "embeddings")] = terminal
         self._chains = chains
@@ -176,6 +189,13 @@ class Gateway:
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+    async def metrics(self, request: Request) -> Response:
+        if not self.config.telemetry.metrics:
+            return error_response(
+                GatewayError(404, "Metrics are disabled (telemetry.metrics: false).", code="unknown_url")
+            )
+        return Response(self.observability.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     async def readyz(self, request: Request) -> Response:
         checks: dict[str, Any] = {}

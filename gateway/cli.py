@@ -269,6 +269,88 @@ def cmd_eval_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from gateway.replay import replay_retrieval
+    from gateway.request_log import find_entry
+
+    config = _config(args)
+    log_path = args.log or config.telemetry.request_log.path
+    if not log_path:
+        raise ConfigError(
+            "replay reads the request log file: set telemetry.request_log.path or pass --log FILE"
+        )
+    entry = find_entry(config.resolve(str(log_path)), args.request_id)
+    if entry is None:
+        print(f"request {args.request_id} is not in {log_path} (or its rotated files)", file=sys.stderr)
+        return 2
+    status = 0
+    if entry.get("retrieval"):
+        result = replay_retrieval(entry, _retrieval(config))
+        print("\n".join(result.lines))
+        status = 0 if result.identical else 1
+    else:
+        print(f"request {args.request_id} made no retrieval; nothing to compare")
+    if args.full:
+        status = max(status, _replay_full(config, entry))
+    return status
+
+
+def _replay_full(config: GatewayConfig, entry: dict[str, Any]) -> int:
+    """Send the logged request through the tenant's chain again, in-process."""
+    import asyncio
+    import time
+
+    from gateway.app import Gateway
+    from gateway.context import RequestContext
+
+    body = entry.get("request")
+    if not isinstance(body, dict):
+        print(
+            "--full needs the request body, which is logged only when the tenant's policy has "
+            "log_content: true",
+            file=sys.stderr,
+        )
+        return 2
+
+    async def run() -> dict[str, Any]:
+        gateway = Gateway(config)
+        await gateway.start()
+        try:
+            policy = gateway.policies.snapshot.policies[entry["tenant"]]
+            replay_body = {**body, "stream": False}
+            ctx = RequestContext(
+                request_id=f"replay-{entry['request_id']}",
+                started=time.perf_counter(),
+                endpoint=entry.get("endpoint", "chat"),
+                policy=policy,
+                key_id="replay",
+                body=replay_body,
+                model=entry["model"],
+                stream=False,
+                client_headers={},
+            )
+            response = await gateway.handler_for(policy.tenant, ctx.endpoint)(ctx)
+            return {
+                "status": response.status,
+                "body": response.json(),
+                "decisions": [{"stage": d.stage, "action": d.action} for d in ctx.decisions],
+            }
+        finally:
+            await gateway.stop()
+
+    result = asyncio.run(run())
+    print(json.dumps(result, indent=2))
+    logged = entry.get("response")
+    if isinstance(logged, dict):
+        same = _answer(logged) == _answer(result["body"])
+        print("answer: " + ("identical to the logged one" if same else "differs from the logged one"))
+    return 0 if result["status"] == 200 else 1
+
+
+def _answer(body: dict[str, Any]) -> list[Any]:
+    return [c.get("message", {}).get("content") for c in body.get("choices", []) if isinstance(c, dict)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rag-gateway", description="OpenAI-compatible gateway for production RAG"
@@ -346,6 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--target-refusal-precision", type=float, required=True, metavar="P")
     calibrate.add_argument("--dry-run", action="store_true", help="print the trade-off, change nothing")
     calibrate.set_defaults(func=cmd_eval_calibrate)
+
+    replay = sub.add_parser("replay", parents=[common], help="re-run a logged request's retrieval")
+    replay.add_argument("request_id")
+    replay.add_argument("--log", metavar="FILE", help="request log (default: telemetry.request_log.path)")
+    replay.add_argument("--full", action="store_true", help="also re-send the request through the chain")
+    replay.set_defaults(func=cmd_replay)
 
     policy = sub.add_parser("policy", help="tenant policies").add_subparsers(
         dest="policy_command", required=True

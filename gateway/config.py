@@ -141,9 +141,27 @@ class RetrievalConfig(_Strict):
     )
 
 
+class RequestLogConfig(_Strict):
+    enabled: bool = True
+    path: str | None = Field(default=None, description="JSON lines file (rotated); stdout when unset")
+    max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024, description="Rotate the file at this size")
+    backups: int = Field(default=5, ge=0, description="Rotated files kept")
+
+
 class TelemetryConfig(_Strict):
-    service_name: str = "rag-gateway"
-    otlp_endpoint: str | None = None
+    """Traces over OTLP, the request log and Prometheus metrics. Standard OTEL_* variables apply too."""
+
+    service_name: str | None = Field(default=None, description="Default: $OTEL_SERVICE_NAME or rag-gateway")
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="Collector URL; default $OTEL_EXPORTER_OTLP_ENDPOINT; tracing is off without one",
+    )
+    otlp_protocol: Literal["grpc", "http/protobuf"] | None = Field(
+        default=None, description="Default: $OTEL_EXPORTER_OTLP_PROTOCOL or grpc"
+    )
+    traces: bool = True
+    metrics: bool = True
+    request_log: RequestLogConfig = Field(default_factory=RequestLogConfig)
 
 
 class GatewayConfig(_Strict):

@@ -44,6 +44,9 @@ class RequestContext:
     decisions: list[Decision] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
     upstream_s: float = 0.0  # time spent waiting on upstreams (excluded from the overhead figure)
+    stage_ms: dict[str, float] = field(default_factory=dict)  # each stage's own time, excluding later stages
+    usage: dict[str, Any] | None = None  # the upstream's token usage, when known
+    cost_usd: float | None = None  # set by the budget stage
     # Per-stage scratch space for values later stages read (retrieval result, citations, ...).
     state: dict[str, Any] = field(default_factory=dict)
 

@@ -12,10 +12,14 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
+from gateway.request_log import entry_for
 from gateway.response import GatewayResponse
 from gateway.sse import error_event
 from gateway.upstreams.openai_http import StreamInterrupted
@@ -78,6 +82,25 @@ def _too_large(limit: int) -> GatewayError:
     )
 
 
+def _usage_of(response: GatewayResponse) -> dict[str, Any] | None:
+    try:
+        usage = response.json().get("usage")
+    except ValueError:  # not JSON: nothing to count
+        return None
+    return usage if isinstance(usage, dict) else None
+
+
+def usage_attributes(usage: dict[str, Any]) -> dict[str, int]:
+    attributes = {}
+    for attribute, key in (
+        ("gen_ai.usage.input_tokens", "prompt_tokens"),
+        ("gen_ai.usage.output_tokens", "completion_tokens"),
+    ):
+        if isinstance(usage.get(key), int):
+            attributes[attribute] = usage[key]
+    return attributes
+
+
 class ClientGone(Exception):
     """The client disconnected before we answered."""
 
@@ -103,25 +126,61 @@ async def send_error(
     await send({"type": "http.response.body", "body": error.body()})
 
 
+@dataclass(slots=True)
+class Exchange:
+    """How one request ended, for the request log, the metrics and the SERVER span."""
+
+    status: int = 200
+    error: str | None = None
+    response_body: dict[str, Any] | None = None
+
+
 class OpenAIEndpoint:
     """One OpenAI route ("chat" or "embeddings") through auth, the tenant's chain and the router."""
 
     def __init__(self, gateway: Gateway, endpoint: str) -> None:
         self.gateway = gateway
         self.endpoint = endpoint
+        self.operation = "chat" if endpoint == "chat" else "embeddings"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         headers = request_headers(scope)
         request_id = request_id_from(headers)
-        if scope["method"] != "POST":
-            error = GatewayError(
-                405, f"Method {scope['method']} is not allowed here; use POST.", code="method_not_allowed"
-            )
-            await send_error(send, error, request_id, started, None)
+        tracer = self.gateway.observability.tracing.tracer
+        if tracer is None:
+            await self._handle(scope, receive, send, started, headers, request_id, None)
             return
+        parent = self.gateway.observability.tracing.propagator.extract(headers)
+        with tracer.start_as_current_span(
+            f"POST {scope['path']}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": "POST",
+                "url.path": scope["path"],
+                "gateway.request_id": request_id,
+            },
+        ) as span:
+            await self._handle(scope, receive, send, started, headers, request_id, span)
+
+    async def _handle(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        started: float,
+        headers: dict[str, str],
+        request_id: str,
+        span: Span | None,
+    ) -> None:
         ctx: RequestContext | None = None
+        exchange = Exchange()
         try:
+            if scope["method"] != "POST":
+                raise GatewayError(
+                    405, f"Method {scope['method']} is not allowed here; use POST.", code="method_not_allowed"
+                )
             owner, policy = authenticate(headers, self.gateway.policies.snapshot)
             body = parse_json_object(
                 await read_body(receive, headers, self.gateway.config.server.max_body_bytes)
@@ -142,10 +201,20 @@ class OpenAIEndpoint:
                 stream=stream,
                 client_headers=headers,
             )
-            await self._run(ctx, receive, send)
+            if span is not None:
+                span.set_attributes(
+                    {
+                        "gateway.tenant": policy.tenant,
+                        "gen_ai.request.model": model,
+                        "gen_ai.operation.name": self.operation,
+                    }
+                )
+            await self._run(ctx, receive, send, exchange)
         except GatewayError as error:
+            exchange.status, exchange.error = error.status, f"{error.code}: {error.message}"
             await send_error(send, error, request_id, started, ctx)
         except ClientGone:
+            exchange.status, exchange.error = 499, "client disconnected before the body was read"
             log.info("request %s: client disconnected before the body was read", request_id)
         except Exception:
             # A bug of ours: the client gets an envelope and the request id, the log the traceback.
@@ -156,9 +225,33 @@ class OpenAIEndpoint:
                 type="server_error",
                 code="internal_error",
             )
+            exchange.status, exchange.error = 500, "internal_error"
             await send_error(send, error, request_id, started, ctx)
+        finally:
+            self._record(ctx, exchange, span, started)
 
-    async def _run(self, ctx: RequestContext, receive: Receive, send: Send) -> None:
+    def _record(
+        self, ctx: RequestContext | None, exchange: Exchange, span: Span | None, started: float
+    ) -> None:
+        observability = self.gateway.observability
+        duration_s = time.perf_counter() - started
+        if span is not None:
+            span.set_attribute("http.response.status_code", exchange.status)
+            if exchange.status >= 500:
+                span.set_status(StatusCode.ERROR, exchange.error or "")
+            if ctx is not None and ctx.usage:
+                span.set_attributes(usage_attributes(ctx.usage))
+        if ctx is None:
+            observability.metrics.requests.labels("", "", self.endpoint, str(exchange.status)).inc()
+            return
+        observability.metrics.observe(ctx, exchange.status, duration_s)
+        if observability.request_log.enabled:
+            trace_id = format(span.get_span_context().trace_id, "032x") if span is not None else None
+            observability.request_log.write(
+                entry_for(ctx, exchange.status, exchange.error, trace_id, exchange.response_body)
+            )
+
+    async def _run(self, ctx: RequestContext, receive: Receive, send: Send, exchange: Exchange) -> None:
         task = asyncio.current_task()
         assert task is not None
         state = {"done": False, "gone": False}
@@ -176,15 +269,21 @@ class OpenAIEndpoint:
         try:
             handler = self.gateway.handler_for(ctx.tenant, self.endpoint)
             response = await handler(ctx)
+            exchange.status = response.status
             if response.stream is not None:
-                await self._send_stream(ctx, response, send)
+                await self._send_stream(ctx, response, send, exchange)
             else:
+                if ctx.usage is None and response.status == 200:
+                    ctx.usage = _usage_of(response)
+                if ctx.policy.log_content:
+                    exchange.response_body = response.json()
                 await self._send_json(ctx, response, send)
             state["done"] = True
         except asyncio.CancelledError:
             if not state["gone"]:
                 raise
             task.uncancel()
+            exchange.status, exchange.error = 499, "client disconnected"
             ctx.decide("proxy", "client_disconnected")
             log.info("request %s: client disconnected; upstream call cancelled", ctx.request_id)
         finally:
@@ -196,7 +295,9 @@ class OpenAIEndpoint:
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _send_stream(self, ctx: RequestContext, response: GatewayResponse, send: Send) -> None:
+    async def _send_stream(
+        self, ctx: RequestContext, response: GatewayResponse, send: Send, exchange: Exchange
+    ) -> None:
         assert response.stream is not None
         headers = SSE_HEADERS + _header_list(ctx, ctx.request_id, ctx.started, response.headers)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -208,11 +309,13 @@ class OpenAIEndpoint:
             # quiet end that would pass a truncated answer off as complete.
             message = exc.message if isinstance(exc, GatewayError) else str(exc)
             ctx.decide("proxy", "stream_interrupted", reason=message)
+            exchange.error = f"stream_interrupted: {message}"
             log.warning("request %s: stream interrupted: %s", ctx.request_id, message)
             await send({"type": "http.response.body", "body": error_event(message), "more_body": True})
         except Exception:
             log.exception("request %s: stream failed", ctx.request_id)
             ctx.decide("proxy", "stream_failed")
+            exchange.error = "stream_failed"
             await send(
                 {
                     "type": "http.response.body",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.config import LOCAL_PROVIDER, GatewayConfig
+from gateway.telemetry import Tracing
 from gateway.upstreams.base import UpstreamClient
 from gateway.upstreams.local import LocalClient
 from gateway.upstreams.openai_http import OpenAIHTTPClient
@@ -24,6 +25,7 @@ class Services:
     router: Router
     clients: dict[str, UpstreamClient]
     embedder: Embedder | None = None
+    tracing: Tracing | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     async def close(self) -> None:
@@ -78,7 +80,9 @@ def build_retrieval(config: GatewayConfig, embedder: Embedder) -> dict[str, Any]
     }
 
 
-def build_services(config: GatewayConfig, embedder: Embedder | None = None) -> Services:
+def build_services(
+    config: GatewayConfig, embedder: Embedder | None = None, tracing: Tracing | None = None
+) -> Services:
     """Create clients only for the providers the config uses (litellm is heavy to import)."""
     if embedder is None and (needs_local_embedder(config) or config.retrieval.enabled):
         embedder = load_local_embedder(config.retrieval.embedding_model)
@@ -90,7 +94,8 @@ def build_services(config: GatewayConfig, embedder: Embedder | None = None) -> S
         from gateway.upstreams.litellm_client import LiteLLMClient
 
         clients["litellm"] = LiteLLMClient()
-    services = Services(config=config, router=Router(config, clients), clients=clients, embedder=embedder)
+    router = Router(config, clients, tracing=tracing)
+    services = Services(config=config, router=router, clients=clients, embedder=embedder, tracing=tracing)
     if config.retrieval.enabled and embedder is not None:
         services.extras.update(build_retrieval(config, embedder))
     return services

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from opentelemetry.trace import Tracer
 
 from gateway.chain import Handler
 from gateway.context import RequestContext
@@ -179,10 +180,58 @@ async def with_citations(
 class RetrievalStage:
     name = NAME
 
-    def __init__(self, settings: RetrievalPolicy, service: RetrievalService, counter: TokenCounter) -> None:
+    def __init__(
+        self,
+        settings: RetrievalPolicy,
+        service: RetrievalService,
+        counter: TokenCounter,
+        tracer: Tracer | None = None,
+    ) -> None:
         self.settings = settings
         self.service = service
         self.counter = counter
+        self.tracer = tracer
+
+    async def search(self, ctx: RequestContext, query: str) -> RetrievalResult:
+        settings = self.settings
+        if self.tracer is None:
+            return await self.service.search(
+                ctx.tenant, query, settings.top_k, settings.candidates, settings.filters
+            )
+        collection = self.service.store.tenant(ctx.tenant).collection_name
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "retrieval",
+            "gen_ai.data_source.id": collection,
+            "gen_ai.retrieval.top_k": settings.top_k,
+            "gateway.tenant": ctx.tenant,
+        }
+        if ctx.policy.log_content:
+            attributes["gen_ai.retrieval.query.text"] = query
+        with self.tracer.start_as_current_span(f"retrieval {collection}", attributes=attributes) as span:
+            result = await self.service.search(
+                ctx.tenant, query, settings.top_k, settings.candidates, settings.filters
+            )
+            documents = [
+                {
+                    "id": h.chunk.id,
+                    "score": round(h.fused_score, 6),
+                    "rank": h.rank,
+                    "dense_score": h.dense_score,
+                    "dense_rank": h.dense_rank,
+                    "bm25_score": h.bm25_score,
+                    "bm25_rank": h.bm25_rank,
+                }
+                for h in result.hits
+            ]
+            span.set_attributes(
+                {
+                    "gen_ai.retrieval.documents": orjson.dumps(documents).decode(),
+                    "gateway.retrieval.fused_order": result.fused_order[:50],
+                    "gateway.retrieval.confidence": result.confidence,
+                    "gateway.retrieval.corpus_version": result.corpus_version,
+                }
+            )
+            return result
 
     async def handle(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
         settings = self.settings
@@ -190,9 +239,7 @@ class RetrievalStage:
         if not query:
             ctx.decide(NAME, "skipped", reason="no user text to search for")
             return await call_next(ctx)
-        result = await self.service.search(
-            ctx.tenant, query, settings.top_k, settings.candidates, settings.filters
-        )
+        result = await self.search(ctx, query)
         outcome = RetrievalOutcome(
             query, result, select_within_budget(result.hits, settings.max_context_tokens, self.counter)
         )
@@ -203,6 +250,9 @@ class RetrievalStage:
             "retrieved",
             query=query,
             corpus_version=result.corpus_version,
+            top_k=settings.top_k,
+            candidates=settings.candidates,
+            filters=dict(settings.filters),
             confidence=round(result.confidence, 4),
             hits=[
                 {
@@ -252,4 +302,5 @@ def build(policy: Policy, services: Services) -> RetrievalStage | None:
     service = services.extras.get("retrieval")
     if service is None:
         raise RuntimeError("retrieval is enabled in a policy but the retrieval service is not configured")
-    return RetrievalStage(policy.retrieval, service, services.extras["token_counter"])
+    tracer = services.tracing.tracer if services.tracing is not None else None
+    return RetrievalStage(policy.retrieval, service, services.extras["token_counter"], tracer)

@@ -24,7 +24,7 @@ class FakeClient:
         self.scripts = {k: list(v) for k, v in (scripts or {}).items()}
         self.calls: list[str] = []
 
-    async def chat(self, deployment: Any, body: dict[str, Any], stream: bool) -> GatewayResponse:
+    async def chat(self, deployment: Any, body: dict[str, Any], stream: bool, headers: Any = None) -> GatewayResponse:
         self.calls.append(deployment.model)
         outcome = (
             self.scripts.get(deployment.model, []).pop(0) if self.scripts.get(deployment.model) else "ok"
@@ -42,7 +42,7 @@ class FakeClient:
             retry_after_s=float(retry_after) if retry_after else None,
         )
 
-    async def embeddings(self, deployment: Any, body: dict[str, Any]) -> GatewayResponse:
+    async def embeddings(self, deployment: Any, body: dict[str, Any], headers: Any = None) -> GatewayResponse:
         raise AssertionError("not used")
 
     async def close(self) -> None:

@@ -73,10 +73,20 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 class UpstreamClient(Protocol):
-    async def chat(self, deployment: DeploymentConfig, body: dict[str, Any], stream: bool) -> GatewayResponse:
-        """Return a response (for streams, after the first bytes arrived) or raise UpstreamFailure."""
+    async def chat(
+        self,
+        deployment: DeploymentConfig,
+        body: dict[str, Any],
+        stream: bool,
+        headers: dict[str, str] | None = None,
+    ) -> GatewayResponse:
+        """Return a response (for streams, after the first bytes arrived) or raise UpstreamFailure.
+
+        `headers` are extra request headers for the upstream (W3C trace context)."""
         ...
 
-    async def embeddings(self, deployment: DeploymentConfig, body: dict[str, Any]) -> GatewayResponse: ...
+    async def embeddings(
+        self, deployment: DeploymentConfig, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> GatewayResponse: ...
 
     async def close(self) -> None: ...

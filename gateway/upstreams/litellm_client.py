@@ -73,8 +73,16 @@ class LiteLLMClient:
             )
         return UpstreamFailure("connect", f"{type(exc).__name__}: {exc}")
 
-    async def chat(self, deployment: DeploymentConfig, body: dict[str, Any], stream: bool) -> GatewayResponse:
+    async def chat(
+        self,
+        deployment: DeploymentConfig,
+        body: dict[str, Any],
+        stream: bool,
+        headers: dict[str, str] | None = None,
+    ) -> GatewayResponse:
         params = self._params(deployment, body)
+        if headers:
+            params["extra_headers"] = headers
         try:
             result = await self._litellm.acompletion(messages=body["messages"], stream=stream, **params)
         except Exception as exc:  # litellm raises its own hierarchy; map all of it
@@ -90,7 +98,9 @@ class LiteLLMClient:
             raise self._failure(exc) from exc
         return GatewayResponse(stream=_sse(first, iterator))
 
-    async def embeddings(self, deployment: DeploymentConfig, body: dict[str, Any]) -> GatewayResponse:
+    async def embeddings(
+        self, deployment: DeploymentConfig, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> GatewayResponse:
         params = self._params(deployment, body)
         params.pop("drop_params", None)
         try:

@@ -107,7 +107,13 @@ class LocalClient:
     async def close(self) -> None:
         return None
 
-    async def chat(self, deployment: DeploymentConfig, body: dict[str, Any], stream: bool) -> GatewayResponse:
+    async def chat(
+        self,
+        deployment: DeploymentConfig,
+        body: dict[str, Any],
+        stream: bool,
+        headers: dict[str, str] | None = None,
+    ) -> GatewayResponse:
         messages = body.get("messages") or []
         answer = extractive_answer(messages)
         completion_id = "chatcmpl-local-" + uuid.uuid4().hex[:24]
@@ -137,7 +143,9 @@ class LocalClient:
             stream=_stream(completion_id, created, model, answer, usage if include_usage else None)
         )
 
-    async def embeddings(self, deployment: DeploymentConfig, body: dict[str, Any]) -> GatewayResponse:
+    async def embeddings(
+        self, deployment: DeploymentConfig, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> GatewayResponse:
         if self._embedder is None:
             raise GatewayError(
                 503, "the local embedding model is not loaded", type="server_error", code="model_unavailable"

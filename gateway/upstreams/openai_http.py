@@ -67,11 +67,16 @@ class OpenAIHTTPClient:
             self._session = None
 
     async def _post(
-        self, deployment: DeploymentConfig, operation: str, body: dict[str, Any], stream: bool
+        self,
+        deployment: DeploymentConfig,
+        operation: str,
+        body: dict[str, Any],
+        stream: bool,
+        extra_headers: dict[str, str] | None,
     ) -> aiohttp.ClientResponse:
         payload = dict(body)
         payload["model"] = deployment.model
-        headers = {"Content-Type": "application/json", **auth_headers(deployment)}
+        headers = {"Content-Type": "application/json", **(extra_headers or {}), **auth_headers(deployment)}
         if stream:
             # Between chunks the read timeout applies; a stream may legitimately run for minutes.
             timeout = aiohttp.ClientTimeout(
@@ -106,16 +111,29 @@ class OpenAIHTTPClient:
             )
         return response
 
-    async def chat(self, deployment: DeploymentConfig, body: dict[str, Any], stream: bool) -> GatewayResponse:
-        return await self._call(deployment, "chat/completions", body, stream)
+    async def chat(
+        self,
+        deployment: DeploymentConfig,
+        body: dict[str, Any],
+        stream: bool,
+        headers: dict[str, str] | None = None,
+    ) -> GatewayResponse:
+        return await self._call(deployment, "chat/completions", body, stream, headers)
 
-    async def embeddings(self, deployment: DeploymentConfig, body: dict[str, Any]) -> GatewayResponse:
-        return await self._call(deployment, "embeddings", body, False)
+    async def embeddings(
+        self, deployment: DeploymentConfig, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> GatewayResponse:
+        return await self._call(deployment, "embeddings", body, False, headers)
 
     async def _call(
-        self, deployment: DeploymentConfig, operation: str, body: dict[str, Any], stream: bool
+        self,
+        deployment: DeploymentConfig,
+        operation: str,
+        body: dict[str, Any],
+        stream: bool,
+        extra_headers: dict[str, str] | None,
     ) -> GatewayResponse:
-        response = await self._post(deployment, operation, body, stream)
+        response = await self._post(deployment, operation, body, stream, extra_headers)
         headers = {f"x-upstream-{h}": response.headers[h] for h in RELAYED_HEADERS if h in response.headers}
         if not stream:
             try:

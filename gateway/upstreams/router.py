@@ -15,11 +15,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
+
+import orjson
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from gateway.config import LOCAL_PROVIDER, DeploymentConfig, GatewayConfig, ModelConfig, RouterConfig
 from gateway.context import Attempt, RequestContext
 from gateway.errors import GatewayError
 from gateway.response import GatewayResponse
+from gateway.telemetry import Tracing
 from gateway.upstreams.base import UpstreamClient, UpstreamFailure
 
 log = logging.getLogger("rag_gateway.router")
@@ -66,6 +72,7 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Any] = asyncio.sleep,
         rng: random.Random | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._models = {m.name: m for m in config.models}
         self._settings: RouterConfig = config.router
@@ -74,6 +81,8 @@ class Router:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._tracer = tracing.tracer if tracing is not None else None
+        self._propagator = tracing.propagator if tracing is not None else None
 
     def client_for(self, deployment: DeploymentConfig) -> UpstreamClient:
         if deployment.provider == LOCAL_PROVIDER:
@@ -147,6 +156,68 @@ class Router:
             )
         raise last.to_gateway_error()
 
+    def _start_span(
+        self, ctx: RequestContext, model: ModelConfig, deployment: DeploymentConfig, attempt: int
+    ):
+        if self._tracer is None:
+            return None
+        operation = "embeddings" if ctx.endpoint == "embeddings" else "chat"
+        body = ctx.body
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.provider.name": deployment.provider,
+            "gen_ai.request.model": deployment.model,
+            "gateway.model": model.name,
+            "gateway.tenant": ctx.tenant,
+            "gateway.attempt": attempt,
+            "server.address": _host(deployment),
+        }
+        for attribute, key in (
+            ("gen_ai.request.temperature", "temperature"),
+            ("gen_ai.request.max_tokens", "max_tokens"),
+            ("gen_ai.request.top_p", "top_p"),
+            ("gen_ai.request.seed", "seed"),
+        ):
+            value = body.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                attributes[attribute] = value
+        if ctx.policy.log_content and operation == "chat":
+            attributes["gen_ai.input.messages"] = orjson.dumps(body.get("messages", [])).decode()
+        return self._tracer.start_span(
+            f"{operation} {deployment.model}", kind=SpanKind.CLIENT, attributes=attributes
+        )
+
+    def _trace_headers(self, span: Span | None) -> dict[str, str] | None:
+        if span is None or self._propagator is None:
+            return None
+        headers: dict[str, str] = {}
+        self._propagator.inject(headers, context=trace.set_span_in_context(span))
+        return headers
+
+    def _end_span(self, span: Span, response: GatewayResponse) -> None:
+        if response.stream is None and response.status == 200:
+            try:
+                data = response.json()
+            except ValueError:
+                data = {}
+            if isinstance(data.get("model"), str):
+                span.set_attribute("gen_ai.response.model", data["model"])
+            if isinstance(data.get("id"), str):
+                span.set_attribute("gen_ai.response.id", data["id"])
+            reasons = [c.get("finish_reason") for c in data.get("choices") or [] if isinstance(c, dict)]
+            if reasons and all(isinstance(r, str) for r in reasons):
+                span.set_attribute("gen_ai.response.finish_reasons", reasons)
+            usage = data.get("usage") or {}
+            for attribute, key in (
+                ("gen_ai.usage.input_tokens", "prompt_tokens"),
+                ("gen_ai.usage.output_tokens", "completion_tokens"),
+            ):
+                if isinstance(usage.get(key), int):
+                    span.set_attribute(attribute, usage[key])
+        else:
+            span.set_attribute("gateway.streaming", response.stream is not None)
+        span.end()
+
     async def _try_deployment(
         self, ctx: RequestContext, model: ModelConfig, deployment: DeploymentConfig
     ) -> GatewayResponse:
@@ -154,15 +225,21 @@ class Router:
         breaker = self.breaker(deployment)
         attempt = 0
         while True:
+            span = self._start_span(ctx, model, deployment, attempt)
+            headers = self._trace_headers(span)
             started = time.perf_counter()
             try:
                 if ctx.endpoint == "embeddings":
-                    response = await client.embeddings(deployment, ctx.body)
+                    response = await client.embeddings(deployment, ctx.body, headers)
                 else:
-                    response = await client.chat(deployment, ctx.body, ctx.stream)
+                    response = await client.chat(deployment, ctx.body, ctx.stream, headers)
             except UpstreamFailure as failure:
                 elapsed = time.perf_counter() - started
                 ctx.upstream_s += elapsed
+                if span is not None:
+                    span.set_attribute("error.type", str(failure.status or failure.kind))
+                    span.set_status(StatusCode.ERROR, failure.message)
+                    span.end()
                 if failure.counts_against_health and breaker.failure(
                     self._clock(),
                     self._settings.circuit_breaker_failures,
@@ -195,6 +272,12 @@ class Router:
                 attempt += 1
                 await self._sleep(delay)
                 continue
+            except BaseException:
+                if span is not None:  # cancelled (client gone) or a bug: the span still ends
+                    span.end()
+                raise
+            if span is not None:
+                self._end_span(span, response)
             elapsed = time.perf_counter() - started
             ctx.upstream_s += elapsed
             breaker.success()
@@ -205,3 +288,9 @@ class Router:
                 ctx.decide("router", "fallback", model=model.name)
             ctx.state["deployment"] = deployment
             return response
+
+
+def _host(deployment: DeploymentConfig) -> str:
+    if deployment.api_base:
+        return urlparse(deployment.api_base).hostname or ""
+    return "api.openai.com" if deployment.provider == "openai" else deployment.provider

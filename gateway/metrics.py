@@ -1,0 +1,141 @@
+"""Prometheus metrics, including the OpenTelemetry GenAI client metrics under their Prometheus names.
+
+Everything is derived at the end of a request from the request context (status, decisions,
+attempts, usage), in one place, so stages stay free of metric code. One registry per gateway.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gateway.context import RequestContext
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Bucket boundaries recommended by the GenAI semantic conventions.
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "rag_gateway_requests",
+            "Requests by tenant, model, endpoint and status",
+            ["tenant", "model", "endpoint", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "rag_gateway_request_duration_seconds",
+            "Time to the full response",
+            ["tenant", "model"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "rag_gateway_overhead_seconds",
+            "Time the gateway itself added",
+            ["tenant"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.stage_duration = Histogram(
+            "rag_gateway_stage_duration_seconds",
+            "Own time of each chain stage",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "rag_gateway_upstream_duration_seconds",
+            "Upstream attempts",
+            ["model", "outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.operation_duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "GenAI operation duration (gen_ai.client.operation.duration)",
+            ["gen_ai_operation_name", "gen_ai_request_model", "error_type"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.token_usage = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens per operation (gen_ai.client.token.usage)",
+            ["gen_ai_operation_name", "gen_ai_request_model", "gen_ai_token_type"],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "rag_gateway_tokens", "Tokens by tenant, model and type", ["tenant", "model", "type"], registry=r
+        )
+        self.cost = Counter("rag_gateway_cost_usd", "Spend in USD", ["tenant", "model"], registry=r)
+        self.cache = Counter(
+            "rag_gateway_cache_requests",
+            "Cache outcomes (hit ratio = hits / all)",
+            ["tenant", "outcome"],
+            registry=r,
+        )
+        self.refusals = Counter("rag_gateway_refusals", "Low-confidence refusals", ["tenant"], registry=r)
+        self.guardrail_blocks = Counter(
+            "rag_gateway_guardrail_blocks",
+            "Requests or answers blocked by a guardrail",
+            ["tenant", "stage", "rule"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "rag_gateway_rate_limit_rejections",
+            "429s from rate limits or budgets",
+            ["tenant", "stage"],
+            registry=r,
+        )
+        self.state_errors = Counter(
+            "rag_gateway_state_backend_errors",
+            "State backend (Redis) failures",
+            ["stage", "mode"],
+            registry=r,
+        )
+
+    def observe(self, ctx: RequestContext, status: int, duration_s: float) -> None:
+        tenant, model = ctx.tenant, ctx.model
+        self.requests.labels(tenant, model, ctx.endpoint, str(status)).inc()
+        self.request_duration.labels(tenant, model).observe(duration_s)
+        self.overhead.labels(tenant).observe(max(0.0, duration_s - ctx.upstream_s))
+        for stage, ms in ctx.stage_ms.items():
+            self.stage_duration.labels(stage).observe(ms / 1000)
+        for attempt in ctx.attempts:
+            if attempt.outcome != "skipped":
+                self.upstream_duration.labels(attempt.model, attempt.outcome).observe(
+                    attempt.duration_ms / 1000
+                )
+        operation = "chat" if ctx.endpoint == "chat" else "embeddings"
+        error_type = "" if status < 400 else str(status)
+        self.operation_duration.labels(operation, model, error_type).observe(duration_s)
+        usage = ctx.usage or {}
+        for kind, key in (("input", "prompt_tokens"), ("output", "completion_tokens")):
+            count = usage.get(key)
+            if isinstance(count, int):
+                self.token_usage.labels(operation, model, kind).observe(count)
+                self.tokens.labels(tenant, model, kind).inc(count)
+        if ctx.cost_usd:
+            self.cost.labels(tenant, model).inc(ctx.cost_usd)
+        for decision in ctx.decisions:
+            stage, action = decision.stage, decision.action
+            if stage == "cache":
+                self.cache.labels(tenant, action).inc()
+            elif stage == "refusal" and action == "refuse":
+                self.refusals.labels(tenant).inc()
+            elif action == "block":
+                rule = str((decision.detail or {}).get("rule", "")) or "unknown"
+                self.guardrail_blocks.labels(tenant, stage, rule).inc()
+            elif action in ("reject", "rate_limited"):
+                self.rate_limited.labels(tenant, stage).inc()
+            elif action in ("state_error", "fail_open", "fail_closed"):
+                self.state_errors.labels(stage, action).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
