@@ -17,6 +17,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN useradd --create-home --uid 10001 gateway && mkdir -p /data && chown gateway /data
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
+# The embedded defaults keep their vector store under ./.data: the workdir must be writable.
+RUN chown gateway /app
 COPY --chown=gateway policies ./policies
 COPY --chown=gateway samples ./samples
 USER gateway

@@ -131,3 +131,37 @@ async def ingest_documents(gateway: Gateway, request: Request) -> Response:
     # 207: some documents went in and some did not; 422: nothing usable was sent.
     status = 200 if not report.failed and ingested else 207 if ingested else 422
     return JSONResponse(report.to_dict(), status_code=status)
+
+
+async def reindex_tenant(gateway: Gateway, request: Request) -> Response:
+    """Rebuild the tenant's index from its stored chunks (re-embedded) and swap it in live."""
+    try:
+        check_admin(gateway, request)
+        tenant = request.path_params["tenant"]
+        if tenant not in gateway.policies.snapshot.policies:
+            raise GatewayError(
+                404, f"No tenant {tenant!r} is configured.", code="tenant_not_found", param="tenant"
+            )
+        retrieval = gateway.services.extras.get("retrieval")
+        if retrieval is None:
+            raise GatewayError(
+                409,
+                "Retrieval is disabled in gateway.yaml (retrieval.enabled: false).",
+                code="retrieval_disabled",
+            )
+    except GatewayError as error:
+        return Response(error.body(), status_code=error.status, media_type="application/json")
+    from gateway.retrieval.reindex import reindex
+
+    result = await asyncio.to_thread(reindex, retrieval.store, retrieval.embedder, tenant)
+    return JSONResponse(
+        {
+            "tenant": tenant,
+            "old_collection": result.old_collection,
+            "new_collection": result.new_collection,
+            "documents": result.documents,
+            "chunks": result.chunks,
+            "corpus_version": result.corpus_version,
+            "seconds": result.seconds,
+        }
+    )

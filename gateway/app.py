@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.admin import ingest_documents
+from gateway.admin import ingest_documents, reindex_tenant
 from gateway.chain import Handler, compose
 from gateway.config import DEFAULT_DEMO_KEY, DEMO_KEY_ENV, GatewayConfig, load_config
 from gateway.errors import GatewayError
@@ -68,6 +68,7 @@ class Gateway:
         self.policies = PolicyStore(policies_dir, extra=extra, on_change=self._rebuild_chains)
         self._model_modes = {m.name: m.mode for m in config.models}
         self._watcher: asyncio.Task[None] | None = None
+        self._index_watcher: asyncio.Task[None] | None = None
         self._chat = OpenAIEndpoint(self, "chat")
         self._embeddings = OpenAIEndpoint(self, "embeddings")
         self._fast_routes = {"/v1/chat/completions": self._chat, "/v1/embeddings": self._embeddings}
@@ -79,6 +80,7 @@ class Gateway:
                 Route("/v1/models", self.list_models, methods=["GET"]),
                 Route("/v1/models/{model:path}", self.get_model, methods=["GET"]),
                 Route("/admin/tenants/{tenant}/documents", self.admin_documents, methods=["POST"]),
+                Route("/admin/tenants/{tenant}/reindex", self.admin_reindex, methods=["POST"]),
             ],
             exception_handlers={HTTPException: self._http_exception},
             lifespan=self._lifespan,
@@ -121,6 +123,9 @@ class Gateway:
             log.error("%s", error)
         await asyncio.to_thread(self._prepare_indexes)
         self._watcher = asyncio.create_task(self.policies.watch())
+        if self.config.vector_store.url and "retrieval" in self.services.extras:
+            # Replicas share a Chroma server: pick up ingests and rebuilds made by other processes.
+            self._index_watcher = asyncio.create_task(self._follow_indexes())
         log.info(
             "rag-gateway ready: %d tenants, %d models",
             len(self.policies.snapshot.policies),
@@ -154,11 +159,23 @@ class Gateway:
             report = ingestor.ingest_paths(tenant, [Path(folder)], sync=True)
             log.info("seed corpus for %r:\n%s", tenant, format_report(report))
 
+    async def _follow_indexes(self, interval_s: float = 5.0) -> None:
+        store = self.services.extras["retrieval"].store
+        while True:
+            await asyncio.sleep(interval_s)
+            for tenant, policy in self.policies.snapshot.policies.items():
+                if policy.retrieval.enabled:
+                    try:
+                        await asyncio.to_thread(store.refresh_if_changed, tenant)
+                    except Exception:  # the vector store being briefly away must not end the loop
+                        log.warning("could not check tenant %r's index for changes", tenant, exc_info=True)
+
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        for task in (self._watcher, self._index_watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._services is not None:
             await self._services.close()
         self.observability.close()
@@ -252,6 +269,9 @@ class Gateway:
 
     async def admin_documents(self, request: Request) -> Response:
         return await ingest_documents(self, request)
+
+    async def admin_reindex(self, request: Request) -> Response:
+        return await reindex_tenant(self, request)
 
     async def _http_exception(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -120,6 +120,28 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from gateway.retrieval.reindex import reindex
+    from gateway.services import ingest_settings
+
+    _check_tenant(args.tenant)
+    config = _config(args)
+    retrieval = _retrieval(config)
+    result = reindex(
+        retrieval.store,
+        retrieval.embedder,
+        args.tenant,
+        [Path(p) for p in args.paths] or None,
+        ingest_settings(config),
+    )
+    print(
+        f"tenant {result.tenant}: rebuilt {result.documents} documents ({result.chunks} chunks) into "
+        f"{result.new_collection} in {result.seconds:.1f}s, replacing {result.old_collection}; "
+        f"corpus version {result.corpus_version}"
+    )
+    return 0
+
+
 def _tenant_policy(config: GatewayConfig, tenant: str) -> Policy:
     from gateway.app import demo_policy
 
@@ -383,6 +405,15 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--json", action="store_true", help="print the report as JSON")
     ingest.add_argument("paths", nargs="+", metavar="PATH")
     ingest.set_defaults(func=cmd_ingest)
+
+    rebuild = sub.add_parser(
+        "reindex", parents=[common], help="rebuild a tenant's index into a new collection and swap it in"
+    )
+    rebuild.add_argument("--tenant", required=True)
+    rebuild.add_argument(
+        "paths", nargs="*", metavar="PATH", help="re-ingest these files (default: re-embed the stored chunks)"
+    )
+    rebuild.set_defaults(func=cmd_reindex)
 
     evaluation = sub.add_parser("eval", help="measure retrieval and refusal").add_subparsers(
         dest="eval_command", required=True

@@ -243,8 +243,11 @@ def load_config(path: str | Path | None) -> GatewayConfig:
     """Read gateway.yaml, or return the embedded defaults when no file is given."""
     if path is None:
         config = GatewayConfig(models=default_models())
-        if SAMPLE_CORPUS.is_dir():
-            config.retrieval.seed_corpus = {"demo": str(SAMPLE_CORPUS)}
+        # From a source checkout the corpus sits beside the package; in the container, in the workdir.
+        for corpus in (SAMPLE_CORPUS, Path.cwd() / "samples" / "corpus"):
+            if corpus.is_dir():
+                config.retrieval.seed_corpus = {"demo": str(corpus)}
+                break
         return config
     path = Path(path)
     try:

@@ -384,6 +384,19 @@ class TenantIndex:
     def mark_live(self) -> None:
         self._set_meta(state="live")
 
+    def documents(self) -> dict[str, list[Chunk]]:
+        """Every document's chunks in order, from the current snapshot (for a rebuild)."""
+        docs: dict[str, list[Chunk]] = {}
+        for _, chunk, _ in self._snap.rows():
+            docs.setdefault(chunk.doc_id, []).append(chunk)
+        for chunks in docs.values():
+            chunks.sort(key=lambda c: c.ordinal)
+        return docs
+
+    def stored_corpus_version(self) -> int:
+        """The corpus version recorded in the store (another process may have moved it on)."""
+        return int((self._col.metadata or {}).get("corpus_version", 0))
+
     # -- load ---------------------------------------------------------------------------------
 
     def _load(self, stored_version: int) -> _Snapshot:
@@ -595,6 +608,30 @@ class IndexStore:
 
     def abort_rebuild(self, index: TenantIndex) -> None:
         self._client.delete_collection(index.collection_name)
+
+    def refresh_if_changed(self, tenant: str) -> bool:
+        """Reopen a tenant's index when another process changed it (a new live build or new writes).
+
+        Replicas sharing a Chroma server call this periodically; it costs one listing of collections.
+        """
+        with self._lock:
+            current = self._open.get(tenant)
+        if current is None:
+            return False
+        versions = self._versions(tenant)
+        live = [v for v, meta in versions.items() if meta.get("state") == "live"]
+        if not live:
+            return False
+        newest = max(live)
+        name = _collection_prefix(tenant) + str(newest)
+        stored = int(versions[newest].get("corpus_version", 0))
+        if name == current.collection_name and stored == current.corpus_version():
+            return False
+        reopened = self._open_collection(tenant, newest)
+        with self._lock:
+            self._open[tenant] = reopened
+        log.info("tenant %s: reopened %s at corpus version %d (changed elsewhere)", tenant, name, stored)
+        return True
 
     def close_tenant(self, tenant: str) -> None:
         """Forget the cached index, e.g. after another process rebuilt it."""
