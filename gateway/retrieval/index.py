@@ -393,10 +393,6 @@ class TenantIndex:
             chunks.sort(key=lambda c: c.ordinal)
         return docs
 
-    def stored_corpus_version(self) -> int:
-        """The corpus version recorded in the store (another process may have moved it on)."""
-        return int((self._col.metadata or {}).get("corpus_version", 0))
-
     # -- load ---------------------------------------------------------------------------------
 
     def _load(self, stored_version: int) -> _Snapshot:
