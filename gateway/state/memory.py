@@ -1,0 +1,173 @@
+"""`state: memory`: the embedded backend for one gateway process.
+
+Every method runs to completion without awaiting, so on one event loop it is as atomic as the
+Redis scripts. Nothing is shared between processes: run several workers or replicas on Redis.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway.state.base import (
+    BudgetCheck,
+    BudgetState,
+    RateCheck,
+    RateState,
+    SpendRecord,
+    Ticket,
+    Verdict,
+)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(slots=True)
+class _Window:
+    entries: deque[tuple[int, int]] = field(default_factory=deque)  # (time_us, cost), oldest first
+    total: int = 0
+
+    def expire(self, now_us: int, window_us: int) -> None:
+        horizon = now_us - window_us
+        entries = self.entries
+        while entries and entries[0][0] <= horizon:
+            self.total -= entries.popleft()[1]
+
+    def time_until_free(self, need: int, now_us: int, window_us: int) -> int:
+        """Microseconds until `need` units have left the window."""
+        freed = 0
+        for at, cost in self.entries:
+            freed += cost
+            if freed >= need:
+                return at + window_us - now_us
+        return window_us
+
+    def reset_us(self, now_us: int, window_us: int) -> int:
+        return self.entries[-1][0] + window_us - now_us if self.entries else 0
+
+
+class MemoryState:
+    name = "memory"
+
+    def __init__(self, clock_us: Callable[[], int] = _now_us) -> None:
+        self._clock = clock_us
+        self._windows: dict[str, _Window] = {}
+        self._ledgers: dict[str, int] = {}
+        self._ledger_expiry: dict[str, int] = {}
+        self._alerted: set[str] = set()
+        self._reports: dict[str, dict[str, int]] = {}
+
+    async def admit(self, rates: list[RateCheck], budgets: list[BudgetCheck]) -> Verdict:
+        now = self._clock()
+        self._drop_expired_ledgers(now // 1_000_000)
+        verdict = Verdict(allowed=True, now_us=now)
+        for check in rates:
+            window_us = int(check.window_s * 1_000_000)
+            win = self._windows.setdefault(check.key, _Window())
+            win.expire(now, window_us)
+            state = RateState(check, win.total, win.reset_us(now, window_us) / 1e6)
+            if win.total + check.cost > check.limit:
+                need = win.total + check.cost - check.limit
+                state.retry_after_s = win.time_until_free(need, now, window_us) / 1e6
+                if verdict.denied is None:
+                    verdict.allowed = False
+                    verdict.denied = state
+            verdict.rates.append(state)
+        for budget in budgets:
+            spent = self._ledgers.get(budget.key, 0)
+            state = BudgetState(budget, spent)
+            if spent + budget.amount_nanos > budget.limit_nanos and verdict.denied is None:
+                verdict.allowed = False
+                verdict.denied = state
+            verdict.budgets.append(state)
+        if not verdict.allowed:
+            return verdict
+        ticket = Ticket(uuid.uuid4().hex[:16], now, tuple(rates), tuple(budgets))
+        for state in verdict.rates:
+            check = state.check
+            win = self._windows[check.key]
+            win.entries.append((now, check.cost))
+            win.total += check.cost
+            state.used = win.total
+            state.reset_s = check.window_s
+        for state in verdict.budgets:
+            budget = state.check
+            spent = self._ledgers.get(budget.key, 0) + budget.amount_nanos
+            self._ledgers[budget.key] = spent
+            self._ledger_expiry[budget.key] = budget.expires_at
+            state.spent_nanos = spent
+            if (
+                budget.alert_nanos is not None
+                and spent >= budget.alert_nanos
+                and budget.key not in self._alerted
+            ):
+                self._alerted.add(budget.key)
+                state.alert = True
+        verdict.ticket = ticket
+        return verdict
+
+    async def settle(
+        self,
+        ticket: Ticket,
+        tokens: int | None,
+        cost_nanos: int | None,
+        record: SpendRecord | None = None,
+    ) -> None:
+        now = self._clock()
+        if tokens is not None:
+            for check in ticket.rates:
+                delta = tokens - check.cost
+                window_us = int(check.window_s * 1_000_000)
+                if check.kind != "tokens" or delta == 0 or ticket.at_us <= now - window_us:
+                    continue  # nothing to correct, or the request has already left the window
+                win = self._windows.setdefault(check.key, _Window())
+                # Filed at the admission time so the correction leaves the window with the original.
+                _insert_sorted(win.entries, (ticket.at_us, delta))
+                win.total += delta
+        if cost_nanos is not None:
+            for budget in ticket.budgets:
+                delta = cost_nanos - budget.amount_nanos
+                if delta:
+                    self._ledgers[budget.key] = self._ledgers.get(budget.key, 0) + delta
+        if record is not None and cost_nanos is not None:
+            report = self._reports.setdefault(f"{record.tenant}:{record.day}", {})
+            for name, amount in (
+                (f"m:{record.model}", cost_nanos),
+                (f"r:{record.model}", 1),
+                (f"k:{record.key_id}", cost_nanos),
+            ):
+                report[name] = report.get(name, 0) + amount
+
+    async def spend_days(self, tenant: str, days: list[str]) -> dict[str, dict[str, int]]:
+        return {day: dict(self._reports.get(f"{tenant}:{day}", {})) for day in days}
+
+    async def ledger(self, key: str) -> int:
+        return self._ledgers.get(key, 0)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+    def _drop_expired_ledgers(self, now_s: int) -> None:
+        # Ledgers are named by period; without this a long-lived process keeps every past day.
+        if len(self._ledger_expiry) < 1024:
+            return
+        for key in [k for k, at in self._ledger_expiry.items() if at <= now_s]:
+            self._ledger_expiry.pop(key, None)
+            self._ledgers.pop(key, None)
+            self._alerted.discard(key)
+
+
+def _insert_sorted(entries: deque[tuple[int, int]], item: tuple[int, int]) -> None:
+    """Insert keeping time order; corrections belong near the end, so scan from there."""
+    index = len(entries)
+    while index > 0 and entries[index - 1][0] > item[0]:
+        index -= 1
+    entries.insert(index, item)

@@ -1,0 +1,133 @@
+"""The state backends: sliding windows, all-or-nothing admission, reserve-then-settle, reports.
+
+Every test runs against the memory backend and against the real Redis on 127.0.0.1:6379 (db 15,
+with a fresh tenant name per test), which is skipped when that Redis is not running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator
+from datetime import date
+
+import pytest
+
+from gateway.state import BudgetCheck, RateCheck, SpendRecord, StateBackend, make_state, spend_report
+from gateway.state.memory import MemoryState
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+FAR = 4_000_000_000  # an expiry far in the future (unix seconds)
+
+
+async def _redis_up() -> bool:
+    state = make_state(REDIS_URL)
+    try:
+        return await state.ping()
+    finally:
+        await state.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def state(request: pytest.FixtureRequest) -> AsyncIterator[StateBackend]:
+    if request.param == "redis" and not await _redis_up():
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    backend = make_state("memory" if request.param == "memory" else REDIS_URL)
+    yield backend
+    await backend.close()
+
+
+def tenant() -> str:
+    return "{t" + uuid.uuid4().hex[:10] + "}"
+
+
+def test_make_state_rejects_unknown_urls() -> None:
+    assert isinstance(make_state("memory"), MemoryState)
+    with pytest.raises(ValueError, match="redis://"):
+        make_state("postgres://x")
+
+
+async def test_window_admits_exactly_the_limit_then_frees(state: StateBackend) -> None:
+    check = RateCheck(f"{tenant()}:rpm", limit=5, cost=1, window_s=0.4)
+    verdicts = [await state.admit([check], []) for _ in range(7)]
+    assert [v.allowed for v in verdicts] == [True] * 5 + [False] * 2
+    assert verdicts[4].rates[0].remaining == 0
+    denied = verdicts[5]
+    assert denied.ticket is None and denied.denied is denied.rates[0]
+    assert 0.2 < denied.rates[0].retry_after_s <= 0.4
+    assert 0.2 < denied.rates[0].reset_s <= 0.4
+    await asyncio.sleep(denied.rates[0].retry_after_s + 0.02)
+    again = await state.admit([check], [])
+    assert again.allowed
+
+
+async def test_admission_is_all_or_nothing(state: StateBackend) -> None:
+    t = tenant()
+    rpm = RateCheck(f"{t}:rpm", limit=10, cost=1)
+    budget = BudgetCheck(f"{t}:usd", limit_nanos=100, amount_nanos=60, expires_at=FAR)
+    assert (await state.admit([rpm], [budget])).allowed
+    second = await state.admit([rpm], [budget])  # 60 + 60 > 100: the budget says no
+    assert not second.allowed and second.denied is second.budgets[0]
+    assert second.budgets[0].spent_nanos == 60
+    third = await state.admit([rpm], [])
+    assert third.rates[0].used == 2  # the denied request took no request slot
+    assert await state.ledger(f"{t}:usd") == 60
+
+
+async def test_token_correction_replaces_the_estimate(state: StateBackend) -> None:
+    tpm = RateCheck(f"{tenant()}:tpm", limit=100, cost=30, window_s=0.5, kind="tokens")
+    verdict = await state.admit([tpm], [])
+    assert verdict.ticket is not None
+    await state.settle(verdict.ticket, tokens=80, cost_nanos=None)  # 30 estimated, 80 used
+    probe = await state.admit([RateCheck(tpm.key, 100, 30, 0.5, "tokens")], [])
+    assert not probe.allowed and probe.rates[0].used == 80
+    await asyncio.sleep(0.55)  # the correction leaves the window with its request
+    after = await state.admit([RateCheck(tpm.key, 100, 30, 0.5, "tokens")], [])
+    assert after.allowed and after.rates[0].used == 30
+
+
+async def test_too_large_a_request_is_denied_for_good(state: StateBackend) -> None:
+    verdict = await state.admit([RateCheck(f"{tenant()}:tpm", 10, 11, 60, "tokens")], [])
+    assert not verdict.allowed
+
+
+async def test_reserve_then_settle_with_1000_concurrent_requests(state: StateBackend) -> None:
+    t = tenant()
+    day = "2026-11-28"
+    reserve = 5_000
+    limit = 1000 * reserve
+    costs: list[int] = []
+
+    async def one(i: int) -> None:
+        budget = BudgetCheck(f"{t}:usd:day", limit_nanos=limit, amount_nanos=reserve, expires_at=FAR)
+        verdict = await state.admit([RateCheck(f"{t}:rpm", 10_000, 1)], [budget])
+        assert verdict.allowed and verdict.ticket is not None
+        await asyncio.sleep(random.random() / 100)
+        cost = random.randint(0, reserve)
+        costs.append(cost)
+        record = SpendRecord(t.strip("{}"), day, f"model-{i % 3}", f"key-{i % 2}", FAR)
+        await state.settle(verdict.ticket, tokens=None, cost_nanos=cost, record=record)
+
+    await asyncio.gather(*(one(i) for i in range(1000)))
+    assert await state.ledger(f"{t}:usd:day") == sum(costs)
+    report = await spend_report(state, t.strip("{}"), days=2, today=date(2026, 11, 29))
+    assert report["requests"] == 1000
+    assert round(report["cost_usd"] * 1e9) == sum(costs)
+    assert report["days"][0]["requests"] == 0 and report["days"][1]["date"] == day
+    assert set(report["models"]) == {"model-0", "model-1", "model-2"}
+    assert set(report["days"][1]["keys"]) == {"key-0", "key-1"}
+
+
+async def test_budget_denies_what_would_overspend_under_concurrency(state: StateBackend) -> None:
+    t = tenant()
+    budget = BudgetCheck(f"{t}:usd", limit_nanos=1000, amount_nanos=30, expires_at=FAR)
+    verdicts = await asyncio.gather(*(state.admit([], [budget]) for _ in range(100)))
+    assert sum(v.allowed for v in verdicts) == 33  # 33 * 30 <= 1000 < 34 * 30
+
+
+async def test_soft_alert_is_reported_once(state: StateBackend) -> None:
+    t = tenant()
+    budget = BudgetCheck(f"{t}:usd", limit_nanos=100, amount_nanos=10, expires_at=FAR, alert_nanos=80)
+    alerts = [any(b.alert for b in (await state.admit([], [budget])).budgets) for _ in range(10)]
+    assert alerts == [False] * 7 + [True] + [False] * 2
