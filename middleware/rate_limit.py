@@ -167,6 +167,10 @@ def shared_pricing(services: Services) -> Pricing:
     if pricing is None:
         overrides = getattr(services.config, "pricing", None) or {}
         pricing = services.extras.setdefault("pricing", Pricing(services.config, overrides))
+        # Load each chat model's tokenizer now (o200k takes ~0.6 s), not on a client's request.
+        for model in services.config.models:
+            if model.mode == "chat":
+                pricing.count_text(model.name, "warm up")
     return pricing
 
 
