@@ -2,8 +2,10 @@
 
     python bench/retrieval_quality.py                   # SciFact + PubMedQA confidence
     python bench/retrieval_quality.py --tune            # + fusion grid on SciFact train queries
-    python bench/retrieval_quality.py --fit-confidence  # refit the confidence model, print constants
     python bench/retrieval_quality.py --timing          # search latency at 1k/10k/100k chunks
+
+The confidence model is fitted by bench/confidence_fit.py (PubMedQA + SciFact, checked on the
+sample corpus); the PubMedQA section here only reports the constants in confidence.py.
 
 Everything goes through IndexStore/TenantIndex (Chroma in a temp dir), so the numbers are the
 gateway's. Embeddings are cached under .cache/bench/ (gitignored): the first run embeds SciFact's
@@ -219,47 +221,13 @@ def pubmedqa_features(embedder: Embedder) -> tuple[np.ndarray, np.ndarray, np.nd
     return np.array(feats), labels, is_fit
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 50) -> tuple[float, np.ndarray]:
-    """Newton's method on standardised features with a small L2 penalty; returns raw-scale weights."""
-    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-9
-    z = np.hstack([np.ones((len(x), 1)), (x - mu) / sd])
-    w = np.zeros(z.shape[1])
-    reg = np.eye(z.shape[1]) * l2
-    reg[0, 0] = 0.0
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-z @ w))
-        grad = z.T @ (p - y) + reg @ w
-        hess = (z * (p * (1 - p))[:, None]).T @ z + reg
-        w -= np.linalg.solve(hess, grad)
-    coef = w[1:] / sd
-    return float(w[0] - (coef * mu).sum()), coef
-
-
-def pick_threshold(conf_pos: np.ndarray, conf_neg: np.ndarray) -> float:
-    """Between refusing 90% of unanswerable and refusing 10% of answerable, when both are possible."""
-    refuse_90_neg = float(np.quantile(conf_neg, 0.90))
-    refuse_10_pos = float(np.quantile(conf_pos, 0.10))
-    if refuse_90_neg <= refuse_10_pos:
-        return (refuse_90_neg + refuse_10_pos) / 2
-    return refuse_90_neg  # infeasible: favour refusing the unanswerable
-
-
-def confidence_eval(embedder: Embedder, refit: bool) -> None:
-    print("== PubMedQA confidence (half the contexts ingested; fit on one half of questions, report other)")
+def confidence_eval(embedder: Embedder) -> None:
+    print("== PubMedQA confidence (half the contexts ingested, one chunk each; constants of confidence.py)")
     x, y, is_fit = pubmedqa_features(embedder)
-    if refit:
-        intercept, coef = fit_logistic(x[is_fit], y[is_fit].astype(float))
-        scores = 1 / (1 + np.exp(-(intercept + x @ coef)))
-        threshold = pick_threshold(scores[is_fit & y], scores[is_fit & ~y])
-        print("  paste into gateway/retrieval/confidence.py:")
-        print(f"  INTERCEPT = {intercept:.4f}")
-        print(f"  COEFFICIENTS = ({', '.join(f'{c:.4f}' for c in coef)})  # {', '.join(conf.FEATURE_NAMES)}")
-        print(f"  DEFAULT_REFUSAL_THRESHOLD = {threshold:.3f}")
-    else:
-        intercept, coef = conf.INTERCEPT, np.array(conf.COEFFICIENTS)
-        threshold = conf.DEFAULT_REFUSAL_THRESHOLD
+    intercept, coef = conf.INTERCEPT, np.array(conf.COEFFICIENTS)
+    threshold = conf.DEFAULT_REFUSAL_THRESHOLD
     scores = 1 / (1 + np.exp(-(intercept + x @ coef)))
-    for name, mask in (("fit half", is_fit), ("held-out half", ~is_fit)):
+    for name, mask in (("half A", is_fit), ("half B", ~is_fit)):
         pos, neg = scores[mask & y], scores[mask & ~y]
         print(
             f"  {name:13} AUROC {auroc(pos, neg):.4f}  threshold {threshold:.3f}: refused "
@@ -268,7 +236,7 @@ def confidence_eval(embedder: Embedder, refit: bool) -> None:
         )
     held = ~is_fit
     for j, name in enumerate(conf.FEATURE_NAMES):
-        print(f"    single feature {name:12} held-out AUROC {auroc(x[held & y, j], x[held & ~y, j]):.4f}")
+        print(f"    single feature {name:12} half B AUROC {auroc(x[held & y, j], x[held & ~y, j]):.4f}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -334,7 +302,6 @@ def query_embed_latency(embedder: Embedder) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tune", action="store_true", help="fusion grid on SciFact train queries")
-    ap.add_argument("--fit-confidence", action="store_true", help="refit the confidence model")
     ap.add_argument("--timing", action="store_true", help="search latency at 1k/10k/100k chunks")
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--only-timing", action="store_true")
@@ -345,7 +312,7 @@ def main() -> None:
             sys.exit(f"data not found under {DATA}")
         query_embed_latency(embedder)
         scifact(embedder, args.tune)
-        confidence_eval(embedder, args.fit_confidence)
+        confidence_eval(embedder)
     if args.timing or args.only_timing:
         timing([int(s) for s in args.sizes.split(",")])
 

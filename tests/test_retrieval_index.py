@@ -8,8 +8,18 @@ from typing import Any
 import numpy as np
 import pytest
 
+from gateway.retrieval.confidence import (
+    EMPTY_FEATURES,
+    FUNCTION_TERMS,
+    NO_TERMS,
+    QueryTerms,
+    compute_features,
+    confidence,
+    query_terms,
+)
 from gateway.retrieval.embedder import MINILM_MODEL_ID, LocalMiniLMEmbedder
 from gateway.retrieval.index import IndexStore, TenantIndex, make_chroma_client, matches_where
+from gateway.retrieval.lexical import LexicalIndex, tokenize
 from gateway.retrieval.types import Chunk
 
 DOCS: dict[str, list[tuple[str, str]]] = {
@@ -153,6 +163,30 @@ def test_confidence_separates_on_and_off_topic(filled: TenantIndex, embedder: Lo
     on = search(filled, embedder, "What does error code ZX-4471 mean?")
     off = search(filled, embedder, "Who won the 1998 football world cup final?")
     assert 0.0 <= off.confidence < on.confidence <= 1.0
+
+
+def test_query_terms_match_the_chunk_tokens() -> None:
+    texts = ["Invoices are issued monthly by the billing team.", "The cat sat on the mat.", "Billing cats."]
+    lexical = LexicalIndex(texts)
+    tokens = tokenize("How many invoices does the billing team issue for Salesforce?")
+    terms = query_terms(lexical, tokens, top_row=0)
+    # "how", "many", "does" phrase the question: they are no content terms
+    content = [t for t in dict.fromkeys(tokens) if t not in FUNCTION_TERMS]
+    assert content == ["invoic", "bill", "team", "issu", "salesforc"] and len(terms.idf) == 5
+    in_top = set(tokenize(texts[0]))
+    assert list(terms.in_top) == [t in in_top for t in content]  # postings agree with tokenising
+    assert list(terms.known) == [True, True, True, True, False]  # salesforce occurs nowhere
+    assert max(terms.idf) == terms.idf[-1]  # an unknown term weighs like the rarest one
+
+
+def test_unknown_terms_and_coverage_move_confidence() -> None:
+    base = dict(dense_ids=["a", "b"], dense_scores=[0.6, 0.3], bm25_ids=["a"])
+    covered = compute_features(**base, terms=QueryTerms((1.0, 2.0), (True, True), (True, True)))
+    unknown = compute_features(**base, terms=QueryTerms((1.0, 2.0), (True, False), (True, False)))
+    assert covered.term_coverage == 1.0 and covered.unknown_terms == 0.0
+    assert unknown.term_coverage == pytest.approx(1 / 3) and unknown.unknown_terms == pytest.approx(2 / 3)
+    assert confidence(unknown) < confidence(covered)
+    assert compute_features([], [], [], NO_TERMS) == EMPTY_FEATURES and confidence(EMPTY_FEATURES) == 0.0
 
 
 def test_empty_index(store: IndexStore, embedder: LocalMiniLMEmbedder) -> None:

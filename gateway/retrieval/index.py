@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.retrieval.confidence import ConfidenceFeatures, compute_features, confidence
+from gateway.retrieval.confidence import ConfidenceFeatures, compute_features, confidence, query_terms
 from gateway.retrieval.fusion import FusionParams, fuse
 from gateway.retrieval.lexical import LexicalIndex, tokenize
 from gateway.retrieval.types import CHUNK_SCHEMA_VERSION, Chunk
@@ -468,12 +468,11 @@ class TenantIndex:
                     rank=rank,
                 )
             )
+        # Term features look at the best *dense* chunk: it is what the question means, not only
+        # what shares its words (see confidence.py).
+        top_row = snap.row_of[dense_ids[0]] if dense_ids else None
         features = compute_features(
-            dense_ids,
-            dense_scores,
-            bm25_ids,
-            bm25_scores[0] if bm25_scores else 0.0,
-            snap.lexical.max_possible(tokens),
+            dense_ids, dense_scores, bm25_ids, query_terms(snap.lexical, tokens, top_row)
         )
         return RetrievalResult(
             hits=hits,
