@@ -1,0 +1,270 @@
+"""cache: answer a repeated or paraphrased question from an earlier answer, without the upstream.
+
+Sits after the input guardrails and before retrieval, so a hit skips retrieval and the model.
+1. exact: the same request (canonicalised) for the same tenant, model and corpus version;
+2. semantic: the last user turn, embedded, against the tenant's entries in the same scope (model,
+   system prompt, earlier turns, parameters), served when cosine >= similarity_threshold.
+Hits come back in the request's own format (a stream is replayed as SSE) with
+`x-gateway-cache: hit | semantic-hit`, else `miss` or `bypass`, and `x-gateway-cache-similarity`
+when a semantic candidate was compared.
+
+Stored on the way back, off the response path: complete 200 answers only (a JSON body with a
+finish reason, or a stream that reached [DONE] with no error event). Refusals are cached exactly
+(the corpus version is in the key, so they go when the corpus changes) but never served to a
+paraphrase: a reworded question may well find sources. Answers with tool calls, and requests that
+offer tools, are cached exactly only. `Cache-Control: no-cache` skips the lookup (the fresh answer
+replaces the cached one); `no-store` also skips storing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from gateway.cache.capture import StreamAnswer, capture
+from gateway.cache.entry import (
+    REPLAYED_HEADERS,
+    ZERO_USAGE,
+    CachedAnswer,
+    answer_from_json,
+    replay_json,
+    replay_stream,
+)
+from gateway.cache.keys import RequestKeys, cache_control, request_keys, uncacheable_reason
+from gateway.cache.settings import CachePolicy
+from gateway.cache.store import CacheStore, CacheUnavailable, Limits
+from gateway.chain import Handler
+from gateway.context import RequestContext
+from gateway.errors import GatewayError
+from gateway.policy import Policy
+from gateway.response import GatewayResponse
+from gateway.retrieval.embedder import Embedder
+from gateway.services import Services
+
+NAME = "cache"
+HEADER = "x-gateway-cache"
+SIMILARITY_HEADER = "x-gateway-cache-similarity"
+log = logging.getLogger("rag_gateway.cache")
+
+
+def policy_fingerprint(policy: Policy) -> str:
+    """Anything in the policy that may change an answer (retrieval settings, templates, ...).
+
+    Keys, the description and the cache block itself are left out; any other edit starts the
+    tenant's cache afresh, which is the safe side for a rare event.
+    """
+    dumped = policy.model_dump_json(exclude={"api_keys", "description", "cache"})
+    return hashlib.sha256(dumped.encode()).hexdigest()[:16]
+
+
+class CacheStage:
+    name = NAME
+
+    def __init__(
+        self,
+        settings: CachePolicy,
+        store: CacheStore,
+        embedder: Embedder | None,
+        *,
+        fingerprint: str = "",
+        corpus_version: Callable[[str], int] | None = None,  # None: the tenant has no retrieval
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.embedder = embedder if settings.semantic else None
+        self.fingerprint = fingerprint
+        self._corpus_version = corpus_version
+        self.limits = Limits(settings.ttl_s, settings.max_entries_per_tenant)
+        self._writes: set[asyncio.Task[None]] = set()
+
+    # -- the request path ------------------------------------------------------------------------
+
+    async def handle(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
+        if ctx.endpoint != "chat":
+            return await call_next(ctx)
+        reason = uncacheable_reason(ctx.body, self.settings)
+        if reason is not None:
+            return await self._bypass(ctx, call_next, reason)
+        directives = cache_control(ctx.client_headers)
+        keys = self._keys(ctx)
+        if "no-cache" in directives or "no-store" in directives:
+            response = await self._bypass(ctx, call_next, "cache-control")
+            return (
+                response if "no-store" in directives else self._store_on_way_back(ctx, response, keys, None)
+            )
+        try:
+            hit = await self._lookup(ctx, keys)
+        except CacheUnavailable as exc:
+            if self.settings.on_state_error == "fail_closed":
+                ctx.decide(NAME, "unavailable", on_state_error="fail_closed", error=str(exc))
+                raise GatewayError(
+                    503,
+                    "The response cache is unavailable and this tenant's policy does not allow "
+                    "answering without it; retry shortly.",
+                    type="server_error",
+                    code="cache_unavailable",
+                ) from exc
+            ctx.decide(NAME, "unavailable", on_state_error="fail_open", error=str(exc))
+            ctx.response_headers[HEADER] = "bypass"
+            return await call_next(ctx)
+        if isinstance(hit, GatewayResponse):
+            return hit
+        vector = hit
+        response = await call_next(ctx)
+        return self._store_on_way_back(ctx, response, keys, vector)
+
+    def _keys(self, ctx: RequestContext) -> RequestKeys:
+        version = self._corpus_version(ctx.tenant) if self._corpus_version is not None else 0
+        model_id = self.embedder.model_id if self.embedder is not None else ""
+        return request_keys(ctx.tenant, ctx.model, version, self.fingerprint, model_id, ctx.body)
+
+    async def _lookup(self, ctx: RequestContext, keys: RequestKeys) -> GatewayResponse | np.ndarray | None:
+        """A hit's response, else the query vector (None without semantic) for storing the answer."""
+        if self.settings.exact:
+            answer = self._valid(await self.store.get(ctx.tenant, keys.exact), ctx, keys)
+            if answer is not None:
+                return self._replay(ctx, answer, "hit", keys.exact)
+        vector = await self._embed(keys.query) if self.embedder is not None and keys.query else None
+        similarity = None
+        if vector is not None:
+            match = await self.store.search(
+                ctx.tenant, keys.scope, vector, self.settings.similarity_threshold, self.limits
+            )
+            similarity = match.similarity
+            if similarity is not None:
+                ctx.response_headers[SIMILARITY_HEADER] = f"{similarity:.4f}"
+            answer = self._valid(match.payload, ctx, keys)
+            if answer is not None and match.key is not None:
+                return self._replay(ctx, answer, "semantic-hit", match.key, similarity)
+        ctx.response_headers[HEADER] = "miss"
+        ctx.decide(NAME, "miss", key=keys.exact[:16], similarity=_rounded(similarity))
+        return vector
+
+    async def _embed(self, text: str) -> np.ndarray | None:
+        assert self.embedder is not None
+        try:
+            # CPU-bound (a few ms): off the event loop.
+            return (await asyncio.to_thread(self.embedder.embed, [text]))[0]
+        except Exception:  # the exact cache still works without the embedder
+            log.exception("cache: embedding the query failed; semantic lookup skipped")
+            return None
+
+    def _valid(self, payload: bytes | None, ctx: RequestContext, keys: RequestKeys) -> CachedAnswer | None:
+        if payload is None:
+            return None
+        answer = CachedAnswer.decode(payload)
+        # The keys already separate tenants and scopes; this check makes a mix-up impossible to serve.
+        if answer is None or answer.tenant != ctx.tenant or answer.scope != keys.scope:
+            return None
+        return answer
+
+    def _replay(
+        self, ctx: RequestContext, answer: CachedAnswer, kind: str, key: str, similarity: float | None = None
+    ) -> GatewayResponse:
+        ctx.response_headers[HEADER] = kind
+        for name, value in answer.headers.items():
+            ctx.response_headers[name] = value
+        ctx.usage = dict(ZERO_USAGE)
+        ctx.decide(
+            NAME,
+            kind,
+            key=key[:16],
+            similarity=_rounded(similarity),
+            age_s=round(time.time() - answer.stored_at, 1),
+            original_usage=answer.usage,
+        )
+        if ctx.stream:
+            include_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
+            return GatewayResponse(stream=replay_stream(answer, ctx.model, include_usage))
+        return GatewayResponse.of_json(replay_json(answer, ctx.model))
+
+    async def _bypass(self, ctx: RequestContext, call_next: Handler, reason: str) -> GatewayResponse:
+        ctx.response_headers[HEADER] = "bypass"
+        ctx.decide(NAME, "bypass", reason=reason)
+        return await call_next(ctx)
+
+    # -- the way back ----------------------------------------------------------------------------
+
+    def _store_on_way_back(
+        self, ctx: RequestContext, response: GatewayResponse, keys: RequestKeys, vector: np.ndarray | None
+    ) -> GatewayResponse:
+        if response.status != 200:
+            return response  # errors are never cached
+        if response.stream is not None:
+
+            def complete(stream_answer: StreamAnswer) -> None:
+                self._schedule(ctx, keys, vector, stream_answer.answer(ctx.tenant, keys.scope))
+
+            response.stream = capture(response.stream, complete)
+        else:
+            self._schedule(ctx, keys, vector, answer_from_json(response.json(), ctx.tenant, keys.scope))
+        return response
+
+    def _schedule(
+        self, ctx: RequestContext, keys: RequestKeys, vector: np.ndarray | None, answer: CachedAnswer | None
+    ) -> None:
+        if answer is None:
+            return
+        answer.headers = {h: ctx.response_headers[h] for h in REPLAYED_HEADERS if h in ctx.response_headers}
+        # Only a plain answer to a plain question may serve paraphrases (see the module docstring).
+        semantic = (
+            vector is not None and not answer.has_tool_calls and "x-gateway-refused" not in answer.headers
+        )
+        task = asyncio.create_task(self._write(ctx.tenant, keys, answer, vector if semantic else None))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(
+        self, tenant: str, keys: RequestKeys, answer: CachedAnswer, vector: np.ndarray | None
+    ) -> None:
+        try:
+            await self.store.put(
+                tenant,
+                keys.exact,
+                answer.encode(),
+                self.limits,
+                scope=keys.scope if vector is not None else None,
+                vector=vector,
+            )
+        except CacheUnavailable as exc:  # the client has its answer; only the caching is lost
+            log.warning("cache: answer not stored for tenant %s: %s", tenant, exc)
+        except Exception:
+            log.exception("cache: storing an answer failed")
+
+    async def drain(self) -> None:
+        """Wait for pending writes (tests, benchmarks, shutdown)."""
+        while self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def corpus_version_reader(policy: Policy, services: Services) -> Callable[[str], int] | None:
+    """(tenant) -> the corpus version, an in-memory read; None when retrieval is off for the tenant."""
+    service = services.extras.get("retrieval")
+    if not policy.retrieval.enabled or service is None:
+        return None
+    return lambda tenant: service.store.tenant(tenant).corpus_version()
+
+
+def build(policy: Policy, services: Services) -> CacheStage | None:
+    settings: CachePolicy | None = getattr(policy, "cache", None)
+    if settings is None or not settings.enabled or not (settings.exact or settings.semantic):
+        return None
+    store = services.extras.get("cache_store")
+    if store is None:
+        raise RuntimeError("caching is enabled in a policy but no cache store is configured")
+    return CacheStage(
+        settings,
+        store,
+        services.embedder,
+        fingerprint=policy_fingerprint(policy),
+        corpus_version=corpus_version_reader(policy, services),
+    )
