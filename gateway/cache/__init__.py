@@ -1,4 +1,4 @@
-"""Exact and semantic response caching: settings, keys, stores (memory, Redis); the stage is middleware/cache.py."""
+"""Exact and semantic response caching: settings, keys, stores. The stage is middleware/cache.py."""
 
 from gateway.cache.settings import DEFAULT_SIMILARITY_THRESHOLD, CachePolicy
 from gateway.cache.store import CacheStore, CacheUnavailable, MemoryCacheStore, make_cache_store
