@@ -165,3 +165,30 @@ async def reindex_tenant(gateway: Gateway, request: Request) -> Response:
             "seconds": result.seconds,
         }
     )
+
+
+async def tenant_spend(gateway: Gateway, request: Request) -> Response:
+    """Spend by day and model (settled costs) for the last `days` days (default 30)."""
+    try:
+        check_admin(gateway, request)
+        tenant = request.path_params["tenant"]
+        if tenant not in gateway.policies.snapshot.policies:
+            raise GatewayError(
+                404, f"No tenant {tenant!r} is configured.", code="tenant_not_found", param="tenant"
+            )
+        raw_days = request.query_params.get("days", "30")
+        if not raw_days.isdigit() or not 1 <= int(raw_days) <= 366:
+            raise bad_request("days must be an integer from 1 to 366", param="days")
+        state = gateway.services.state
+        assert state is not None
+        from gateway.state import StateUnavailable, spend_report
+
+        try:
+            report = await spend_report(state, tenant, int(raw_days))
+        except StateUnavailable as exc:
+            raise GatewayError(
+                503, f"The state store is unreachable: {exc}", type="server_error", code="state_unavailable"
+            ) from exc
+    except GatewayError as error:
+        return Response(error.body(), status_code=error.status, media_type="application/json")
+    return JSONResponse(report)

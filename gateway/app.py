@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.admin import ingest_documents, reindex_tenant
+from gateway.admin import ingest_documents, reindex_tenant, tenant_spend
 from gateway.chain import Handler, compose
 from gateway.config import DEFAULT_DEMO_KEY, DEMO_KEY_ENV, GatewayConfig, load_config
 from gateway.errors import GatewayError
@@ -81,6 +81,7 @@ class Gateway:
                 Route("/v1/models/{model:path}", self.get_model, methods=["GET"]),
                 Route("/admin/tenants/{tenant}/documents", self.admin_documents, methods=["POST"]),
                 Route("/admin/tenants/{tenant}/reindex", self.admin_reindex, methods=["POST"]),
+                Route("/admin/tenants/{tenant}/spend", self.admin_spend, methods=["GET"]),
             ],
             exception_handlers={HTTPException: self._http_exception},
             lifespan=self._lifespan,
@@ -269,6 +270,9 @@ class Gateway:
 
     async def admin_documents(self, request: Request) -> Response:
         return await ingest_documents(self, request)
+
+    async def admin_spend(self, request: Request) -> Response:
+        return await tenant_spend(self, request)
 
     async def admin_reindex(self, request: Request) -> Response:
         return await reindex_tenant(self, request)

@@ -13,6 +13,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.pricing import PriceOverride
+
 # Providers forwarded on the fast path: they speak the OpenAI wire format over HTTP.
 OPENAI_COMPATIBLE_PROVIDERS = frozenset({"openai", "openai_compatible", "azure", "vllm", "ollama"})
 LOCAL_PROVIDER = "local"
@@ -172,6 +174,9 @@ class GatewayConfig(_Strict):
     state: str = Field(default="memory", description="'memory' or redis://host:port/db")
     vector_store: VectorStoreConfig = Field(default_factory=VectorStoreConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    pricing: dict[str, PriceOverride] = Field(
+        default_factory=dict, description="Prices per public model name, for self-hosted or unlisted models"
+    )
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     # Where this config was read from; relative paths inside it resolve against its folder.
     base_dir: str = Field(default=".", exclude=True)

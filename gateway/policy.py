@@ -22,7 +22,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gateway.cache.settings import CachePolicy
 from gateway.config import format_validation_error
+from gateway.guardrails.settings import InputGuardrailsPolicy, OutputGuardrailsPolicy
+from gateway.state.settings import BudgetPolicy, RateLimitPolicy
 
 log = logging.getLogger("rag_gateway.policy")
 
@@ -68,7 +71,12 @@ class RetrievalPolicy(_Strict):
     )
     max_context_tokens: int = Field(default=1500, ge=50, description="Token budget for the injected sources")
     min_confidence: float = Field(
-        default=0.5, ge=0, le=1, description="Below this retrieval confidence, on_low_confidence applies"
+        # gateway.retrieval.confidence.DEFAULT_REFUSAL_THRESHOLD: chosen on the calibration data
+        # (a test keeps the two equal).
+        default=0.53,
+        ge=0,
+        le=1,
+        description="Below this retrieval confidence, on_low_confidence applies",
     )
     on_low_confidence: Literal["refuse", "warn", "passthrough"] = "refuse"
     refusal_message: str = DEFAULT_REFUSAL
@@ -117,6 +125,11 @@ class Policy(_Strict):
     )
     log_content: bool = Field(default=False, description="Allow prompts and completions in traces and logs")
     retrieval: RetrievalPolicy = Field(default_factory=RetrievalPolicy)
+    rate_limit: RateLimitPolicy = Field(default_factory=RateLimitPolicy)
+    budget: BudgetPolicy = Field(default_factory=BudgetPolicy)
+    cache: CachePolicy = Field(default_factory=CachePolicy)
+    input_guardrails: InputGuardrailsPolicy = Field(default_factory=InputGuardrailsPolicy)
+    output_guardrails: OutputGuardrailsPolicy = Field(default_factory=OutputGuardrailsPolicy)
 
     @field_validator("tenant")
     @classmethod
@@ -326,7 +339,8 @@ class PolicyStore:
             await asyncio.sleep(interval_s)
             try:
                 if self.changed():
-                    self.load()
+                    # In a thread: building a new stage may load a tokenizer or a model.
+                    await asyncio.to_thread(self.load)
                     log.info("policies reloaded: %d tenants", len(self.snapshot.policies))
             except Exception:  # a reload must never kill the watcher
                 log.exception("policy reload failed; keeping the last good policies")

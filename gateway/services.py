@@ -6,7 +6,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway.cache import make_cache_store
 from gateway.config import LOCAL_PROVIDER, GatewayConfig
+from gateway.state import StateBackend, make_state
 from gateway.telemetry import Tracing
 from gateway.upstreams.base import UpstreamClient
 from gateway.upstreams.local import LocalClient
@@ -24,6 +26,7 @@ class Services:
     config: GatewayConfig
     router: Router
     clients: dict[str, UpstreamClient]
+    state: StateBackend | None = None  # rate limits and budgets (memory or Redis)
     embedder: Embedder | None = None
     tracing: Tracing | None = None
     extras: dict[str, Any] = field(default_factory=dict)
@@ -31,6 +34,11 @@ class Services:
     async def close(self) -> None:
         for client in self.clients.values():
             await client.close()
+        if self.state is not None:
+            await self.state.close()
+        cache_store = self.extras.get("cache_store")
+        if cache_store is not None:
+            await cache_store.close()
         retrieval = self.extras.get("retrieval")
         if retrieval is not None:
             retrieval.close()
@@ -76,7 +84,7 @@ def build_retrieval(config: GatewayConfig, embedder: Embedder) -> dict[str, Any]
     return {
         "retrieval": service,
         "token_counter": default_counter(),
-        "readiness": {"vector_store": vector_store_ready},
+        "vector_store_ready": vector_store_ready,
     }
 
 
@@ -95,9 +103,22 @@ def build_services(
 
         clients["litellm"] = LiteLLMClient()
     router = Router(config, clients, tracing=tracing)
-    services = Services(config=config, router=router, clients=clients, embedder=embedder, tracing=tracing)
+    state = make_state(config.state)
+    services = Services(
+        config=config, router=router, clients=clients, state=state, embedder=embedder, tracing=tracing
+    )
+
+    async def state_ready() -> tuple[bool, str]:
+        ok = await state.ping()
+        return ok, f"state {config.state.split('@')[-1]}: {'reachable' if ok else 'unreachable'}"
+
+    services.extras.setdefault("readiness", {})["state"] = state_ready
+    cache_store = make_cache_store(config.state)
+    services.extras["cache_store"] = cache_store
     if config.retrieval.enabled and embedder is not None:
-        services.extras.update(build_retrieval(config, embedder))
+        retrieval = build_retrieval(config, embedder)
+        services.extras["readiness"]["vector_store"] = retrieval.pop("vector_store_ready")
+        services.extras.update(retrieval)
     return services
 
 

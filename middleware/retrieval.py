@@ -19,6 +19,7 @@ from opentelemetry.trace import Tracer
 
 from gateway.chain import Handler
 from gateway.context import RequestContext
+from gateway.errors import GatewayError
 from gateway.policy import Policy, RetrievalPolicy
 from gateway.response import GatewayResponse
 from gateway.retrieval.conflicts import ConflictGroup, find_conflicts, newest
@@ -29,6 +30,7 @@ from gateway.services import Services
 from gateway.sse import encode_event, event_data, iter_events
 
 NAME = "retrieval"
+INPUT_GUARDRAILS = "input_guardrails"  # where the input guardrail stage leaves itself on ctx.state
 FOLLOW_UP_RE = re.compile(
     r"^\s*(and|or|but|also|what about|how about|same for|then)\b"
     r"|\b(it|its|that|this|those|these|they|them|there)\b",
@@ -192,6 +194,27 @@ class RetrievalStage:
         self.counter = counter
         self.tracer = tracer
 
+    def screen_for_injection(self, ctx: RequestContext, hits: list[Hit]) -> list[Hit]:
+        """Instructions hidden in retrieved chunks (indirect prompt injection), checked before injection."""
+        guard = ctx.state.get(INPUT_GUARDRAILS)
+        if guard is None or not hits:
+            return hits
+        findings = guard.scan_chunks(ctx, [h.chunk.text for h in hits])
+        if not findings:
+            return hits
+        action = guard.guard.injection.settings.chunk_action
+        if action == "block":
+            raise GatewayError(
+                400,
+                "A retrieved document contains instructions aimed at the model (indirect "
+                "prompt injection), so this request was blocked.",
+                code="content_policy_violation",
+            )
+        if action == "strip":
+            flagged = {f.index for f in findings}
+            return [h for i, h in enumerate(hits) if i not in flagged]
+        return hits
+
     async def search(self, ctx: RequestContext, query: str) -> RetrievalResult:
         settings = self.settings
         if self.tracer is None:
@@ -268,6 +291,7 @@ class RetrievalStage:
             ],
             injected=[h.chunk.id for h in outcome.injected],
         )
+        outcome.injected = self.screen_for_injection(ctx, outcome.injected)
         if outcome.injected:
             chunks = [h.chunk for h in outcome.injected]
             outcome.conflicts = find_conflicts(chunks)

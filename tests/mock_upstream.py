@@ -3,7 +3,7 @@
 Behaviour is scripted per upstream model name through POST /_control:
   {"model": "m", "script": ["status:500", "ok"]}   # next calls for model m, in order
 Steps: ok | status:<code>[:<retry-after>] | hang | stream_break | stream_empty | stream_no_done | slow:<ms>
-       | slowstream:<ms> | tool_call
+       | slowstream:<ms> | tool_call | say:<text> (answer with this text; streamed 4 characters a chunk)
 With an empty script every call answers "ok". GET /_requests returns what was received.
 Run standalone for benchmarks: python tests/mock_upstream.py --port 9100 [--latency-ms 50]
 """
@@ -137,9 +137,10 @@ class MockUpstream:
         last_user = next(
             (m.get("content") for m in reversed(body.get("messages", [])) if m.get("role") == "user"), ""
         )
+        said = step[4:] if step.startswith("say:") else None
         if not body.get("stream"):
             return web.Response(
-                body=orjson.dumps(_completion(model, f"echo: {last_user}", step == "tool_call")),
+                body=orjson.dumps(_completion(model, said or f"echo: {last_user}", step == "tool_call")),
                 content_type="application/json",
             )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -151,7 +152,8 @@ class MockUpstream:
             return response
         try:
             await response.write(_chunk(model, {"role": "assistant", "content": ""}))
-            for i, word in enumerate(CHUNK_WORDS):
+            words = [said[i : i + 4] for i in range(0, len(said), 4)] if said else CHUNK_WORDS
+            for i, word in enumerate(words):
                 if step == "stream_break" and i == 2:
                     # Drop the connection mid-stream, as a crashed upstream would.
                     assert request.transport is not None

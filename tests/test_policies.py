@@ -117,3 +117,10 @@ def test_hot_reload_within_two_seconds(gateway: RunningGateway) -> None:
         time.sleep(1.5)
         assert client.post(CHAT, json={"model": "local-extractive", "messages": MSG}).status_code == 200
         assert client.post(CHAT, json={"model": "gpt-mock", "messages": MSG}).status_code == 404
+
+
+def test_default_min_confidence_is_the_calibrated_threshold() -> None:
+    from gateway.policy import RetrievalPolicy
+    from gateway.retrieval.confidence import DEFAULT_REFUSAL_THRESHOLD
+
+    assert RetrievalPolicy().min_confidence == DEFAULT_REFUSAL_THRESHOLD

@@ -24,7 +24,9 @@ class FakeClient:
         self.scripts = {k: list(v) for k, v in (scripts or {}).items()}
         self.calls: list[str] = []
 
-    async def chat(self, deployment: Any, body: dict[str, Any], stream: bool, headers: Any = None) -> GatewayResponse:
+    async def chat(
+        self, deployment: Any, body: dict[str, Any], stream: bool, headers: Any = None
+    ) -> GatewayResponse:
         self.calls.append(deployment.model)
         outcome = (
             self.scripts.get(deployment.model, []).pop(0) if self.scripts.get(deployment.model) else "ok"

@@ -239,6 +239,12 @@ class Admission:
                     ctx.request_id,
                     exc,
                 )
+        # The request log and the metrics read these from the context.
+        if usage is not None and ctx.usage is None:
+            ctx.usage = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                         "total_tokens": usage.total}
+        if cost is not None:
+            ctx.cost_usd = cost / 1e9
         detail: dict[str, Any] = {"model": model}
         if usage is not None:
             detail.update(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)

@@ -20,6 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway.state.base import (
@@ -46,7 +47,7 @@ class RedisState:
         url: str,
         *,
         max_connections: int = 128,
-        timeout_s: float = 0.5,
+        timeout_s: float = 2.0,
         pool_timeout_s: float = 5.0,
         down_for_s: float = 0.5,
     ) -> None:
@@ -60,7 +61,9 @@ class RedisState:
             timeout=pool_timeout_s,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1),  # one immediate retry heals a connection Redis closed
+            # One immediate retry heals a connection Redis closed. Never retry a timeout: the script
+            # may have run, and running an admit or a settle twice would count spend twice.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             health_check_interval=30,
         )
         self._client = aioredis.Redis(connection_pool=pool)

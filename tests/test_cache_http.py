@@ -1,0 +1,101 @@
+"""The cache in the real chain: exact and semantic hits, bypass, streams from JSON fills, tenant isolation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from gateway.app import create_app
+from gateway.config import load_config
+from tests.conftest import (
+    ACME_KEY,
+    OTHER_KEY,
+    UPSTREAM_SECRET,
+    MockServer,
+    RunningGateway,
+    ServerThread,
+    write_gateway_files,
+)
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture
+def cached(tmp_path: Path, upstream: MockServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningGateway]:
+    monkeypatch.setenv("MOCK_UPSTREAM_KEY", UPSTREAM_SECRET)
+    # retrieval.enabled loads the embedder the semantic cache needs; no tenant retrieves here.
+    config_path = write_gateway_files(tmp_path, upstream.base, retrieval={"enabled": True})
+    for tenant in ("acme", "other"):
+        path = tmp_path / "policies" / f"{tenant}.yaml"
+        policy = yaml.safe_load(path.read_text())
+        policy["cache"] = {"enabled": True}
+        policy["models"] = [*policy["models"], "gpt-mock"]
+        path.write_text(yaml.safe_dump(policy))
+    server = ServerThread(create_app(load_config(config_path)))
+    yield RunningGateway(server, config_path, upstream)
+    server.stop()
+
+
+def ask(gateway: RunningGateway, content: str, key: str = ACME_KEY, **headers: str) -> httpx.Response:
+    return httpx.post(
+        f"{gateway.url}{CHAT}",
+        headers={"Authorization": f"Bearer {key}", **headers},
+        timeout=60,
+        json={"model": "gpt-mock", "messages": [{"role": "user", "content": content}]},
+    )
+
+
+def wait_for_store() -> None:
+    time.sleep(0.3)  # entries are written after the response is sent
+
+
+def test_exact_then_semantic_hit_without_upstream_calls(cached: RunningGateway) -> None:
+    first = ask(cached, "What is the speed limit in Zone B?")
+    assert first.headers["x-gateway-cache"] == "miss"
+    wait_for_store()
+    again = ask(cached, "What is the speed limit in Zone B?")
+    assert again.headers["x-gateway-cache"] == "hit"
+    assert (
+        again.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
+    )
+    similar = ask(cached, "What is the speed limit for Zone B?")
+    assert similar.headers["x-gateway-cache"] == "semantic-hit"
+    assert float(similar.headers["x-gateway-cache-similarity"]) >= 0.98
+    assert len(cached.upstream.requests()) == 1
+    bypass = ask(cached, "What is the speed limit in Zone B?", **{"Cache-Control": "no-cache"})
+    assert bypass.headers["x-gateway-cache"] == "bypass" and len(cached.upstream.requests()) == 2
+
+
+def test_streaming_request_replayed_from_a_json_fill(cached: RunningGateway) -> None:
+    ask(cached, "How long is the warranty?")
+    wait_for_store()
+    client = openai.OpenAI(base_url=f"{cached.url}/v1", api_key=ACME_KEY, max_retries=0)
+    stream = client.chat.completions.with_raw_response.create(
+        model="gpt-mock", stream=True, messages=[{"role": "user", "content": "How long is the warranty?"}]
+    )
+    assert stream.headers["x-gateway-cache"] == "hit"
+    text = "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices)
+    assert text == "echo: How long is the warranty?"
+    assert len(cached.upstream.requests()) == 1
+
+
+def test_no_entry_is_served_to_another_tenant(cached: RunningGateway) -> None:
+    ask(cached, "Where is the spare key?")
+    wait_for_store()
+    other = ask(cached, "Where is the spare key?", key=OTHER_KEY)
+    assert other.headers["x-gateway-cache"] == "miss"
+    assert len(cached.upstream.requests()) == 2
+
+
+def test_errors_are_not_cached(cached: RunningGateway) -> None:
+    cached.upstream.script("mock-1", "status:400")
+    assert ask(cached, "Is this cached?").status_code == 400
+    wait_for_store()
+    retry = ask(cached, "Is this cached?")
+    assert retry.status_code == 200 and retry.headers["x-gateway-cache"] == "miss"
