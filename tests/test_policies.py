@@ -124,3 +124,17 @@ def test_default_min_confidence_is_the_calibrated_threshold() -> None:
     from gateway.retrieval.confidence import DEFAULT_REFUSAL_THRESHOLD
 
     assert RetrievalPolicy().min_confidence == DEFAULT_REFUSAL_THRESHOLD
+
+
+def test_readme_policy_examples_validate() -> None:
+    import re
+
+    from gateway.policy import Policy
+
+    examples = 0
+    for block in re.findall(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(), re.S):
+        data = yaml.safe_load(block)
+        if isinstance(data, dict) and not {"models", "server", "state"} & set(data):
+            Policy.model_validate({"tenant": "readme", **{k: v for k, v in data.items() if k != "api_keys"}})
+            examples += 1
+    assert examples >= 3
