@@ -222,6 +222,8 @@ def render(r: dict[str, Any]) -> str:
             "| point | RSS MB |",
             "| --- | ---: |",
             f"| idle, after start | {mem['idle_rss_mb']:.1f} |",
+            f"| idle, after start, config with `retrieval: {{enabled: false}}` "
+            f"| {_f(mem.get('idle_rss_no_retrieval_mb'), 1)} |",
             f"| after the warm-up | {mem.get('rss_after_warmup_mb', 0):.1f} |",
             f"| after every phase above (start of memory phase) | {mem['rss_before_mem_phase_mb']:.1f} |",
             f"| after {mem['mem_phase_requests']:,} more requests | {mem['rss_after_mem_phase_mb']:.1f} |",
@@ -260,6 +262,18 @@ def render(r: dict[str, Any]) -> str:
                 f"- `{name}` log: {info['problem_lines']} error lines, first: `{info['first'][0][:200]}`"
             )
     problems += [f"- {note}" for note in r.get("notes", [])]
+    foreign = [
+        m["median"].get("foreign_cpu_pct_max", 0.0)
+        for section in (r.get("throughput", {}), *r.get("latency", {}).get("levels", {}).values())
+        for m in section.values()
+    ]
+    if foreign and max(foreign) > 25:
+        problems.append(
+            f"- Shared machine: processes outside the benchmark used up to {max(foreign):.0f}% of a core "
+            "during some runs (see 'other load %'). They compete with the server under test, so "
+            "absolute req/s and tail latencies are pessimistic and vary run to run; ratios between "
+            "targets measured in the same interleaved runs are the more reliable figures."
+        )
     out += ["## Errors and notes", ""]
     out += problems or ["- No target answered an error, and no server logged one."]
     out += ["", f"Wall time {r.get('wall_s', 0):.0f} s. Raw numbers: `bench/results/latest.json`.", ""]

@@ -464,7 +464,13 @@ def run_suite(args: argparse.Namespace, servers: list[Server], report: dict[str,
     gw_cmd = [str(gw_exe)] if gw_exe.exists() and not args.gateway_src else [py, "-m", "gateway"]
     gw_src = Path(args.gateway_src).resolve() if args.gateway_src else ROOT
     if args.gateway_src:
-        report["notes"].append(f"gateway code from {gw_src} (--gateway-src), not the working tree")
+        commit = subprocess.run(
+            ["git", "-C", str(gw_src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        report["environment"]["commit"] = f"{commit or 'unknown'} via --gateway-src"
+        report["notes"].append(
+            f"gateway code from {gw_src} (commit {commit or 'unknown'}), not the working tree"
+        )
     gateway = Server(
         "rag-gateway",
         [
@@ -495,6 +501,7 @@ def run_suite(args: argparse.Namespace, servers: list[Server], report: dict[str,
         "idle_cpu_s_at_start": cpu_seconds(gateway.pid),
     }
     log(f"gateway ready (pid {gateway.pid}), idle RSS {memory['idle_rss_mb']:.1f} MB")
+    memory["idle_rss_no_retrieval_mb"] = idle_rss_without_retrieval(gw_cmd, gw_src, args, config, report)
 
     passthroughs = []
     for kind, upstream_port in (
@@ -733,6 +740,36 @@ def run_suite(args: argparse.Namespace, servers: list[Server], report: dict[str,
 
     report["targets"] = {t.name: {"label": t.label, "error": t.error} for t in targets}
     report["gateway_alive_at_end"] = gateway.alive()
+
+
+def idle_rss_without_retrieval(
+    gw_cmd: list[str], gw_src: Path, args: argparse.Namespace, config: Path, report: dict[str, Any]
+) -> float | None:
+    """Idle RSS of a second gateway whose config turns retrieval off (no embedder, no Chroma).
+
+    The default config loads the embedding model and the vector store at start-up; this shows
+    what a gateway that only proxies costs. Started, read, and stopped before any load.
+    """
+    variant = config.with_name("gateway-no-retrieval.yaml")
+    variant.write_text(config.read_text() + "retrieval: {enabled: false}\n")
+    port = free_port()
+    server = Server(
+        "rag-gateway-no-retrieval",
+        [*gw_cmd, "serve", "--config", str(variant), "--port", str(port), "--workers", "1", "--log-level",
+         "warning"],
+        port, LOGS, args.server_core, ready_path="/healthz", cwd=gw_src,
+        env={"PYTHONPATH": str(gw_src)} if args.gateway_src else None,
+    )  # fmt: skip
+    try:
+        server.start()
+        server.wait_ready(60)
+        time.sleep(1.0)
+        return rss_mb(server.pid)
+    except RuntimeError as exc:
+        report["notes"].append(f"gateway with `retrieval: {{enabled: false}}` did not start: {exc}")
+        return None
+    finally:
+        server.stop()
 
 
 def profile_gateway(gw: Target, args: argparse.Namespace, core: int) -> dict[str, Any]:
