@@ -48,6 +48,28 @@ def check_admin(gateway: Gateway, request: Request) -> None:
         )
 
 
+def admin_tenant(gateway: Gateway, request: Request) -> str:
+    """The {tenant} of an admin route, once the admin key is checked and the tenant exists."""
+    check_admin(gateway, request)
+    tenant = request.path_params["tenant"]
+    if not TENANT_RE.match(tenant) or tenant not in gateway.policies.snapshot.policies:
+        raise GatewayError(
+            404, f"No tenant {tenant!r} is configured.", code="tenant_not_found", param="tenant"
+        )
+    return tenant
+
+
+def retrieval_service(gateway: Gateway) -> Any:
+    retrieval = gateway.services.extras.get("retrieval")
+    if retrieval is None:
+        raise GatewayError(
+            409,
+            "Retrieval is disabled in gateway.yaml (retrieval.enabled: false).",
+            code="retrieval_disabled",
+        )
+    return retrieval
+
+
 def _documents(body: Any) -> list[tuple[str, bytes, str | None]]:
     if not isinstance(body, dict) or not isinstance(body.get("documents"), list) or not body["documents"]:
         raise bad_request(
@@ -80,19 +102,8 @@ def _documents(body: Any) -> list[tuple[str, bytes, str | None]]:
 
 async def ingest_documents(gateway: Gateway, request: Request) -> Response:
     try:
-        check_admin(gateway, request)
-        tenant = request.path_params["tenant"]
-        if not TENANT_RE.match(tenant) or tenant not in gateway.policies.snapshot.policies:
-            raise GatewayError(
-                404, f"No tenant {tenant!r} is configured.", code="tenant_not_found", param="tenant"
-            )
-        retrieval = gateway.services.extras.get("retrieval")
-        if retrieval is None:
-            raise GatewayError(
-                409,
-                "Retrieval is disabled in gateway.yaml (retrieval.enabled: false).",
-                code="retrieval_disabled",
-            )
+        tenant = admin_tenant(gateway, request)
+        retrieval = retrieval_service(gateway)
         limit = gateway.config.retrieval.max_file_bytes * 2
         raw = await request.body()
         if len(raw) > limit:
@@ -136,19 +147,8 @@ async def ingest_documents(gateway: Gateway, request: Request) -> Response:
 async def reindex_tenant(gateway: Gateway, request: Request) -> Response:
     """Rebuild the tenant's index from its stored chunks (re-embedded) and swap it in live."""
     try:
-        check_admin(gateway, request)
-        tenant = request.path_params["tenant"]
-        if tenant not in gateway.policies.snapshot.policies:
-            raise GatewayError(
-                404, f"No tenant {tenant!r} is configured.", code="tenant_not_found", param="tenant"
-            )
-        retrieval = gateway.services.extras.get("retrieval")
-        if retrieval is None:
-            raise GatewayError(
-                409,
-                "Retrieval is disabled in gateway.yaml (retrieval.enabled: false).",
-                code="retrieval_disabled",
-            )
+        tenant = admin_tenant(gateway, request)
+        retrieval = retrieval_service(gateway)
     except GatewayError as error:
         return Response(error.body(), status_code=error.status, media_type="application/json")
     from gateway.retrieval.reindex import reindex
@@ -170,12 +170,7 @@ async def reindex_tenant(gateway: Gateway, request: Request) -> Response:
 async def tenant_spend(gateway: Gateway, request: Request) -> Response:
     """Spend by day and model (settled costs) for the last `days` days (default 30)."""
     try:
-        check_admin(gateway, request)
-        tenant = request.path_params["tenant"]
-        if tenant not in gateway.policies.snapshot.policies:
-            raise GatewayError(
-                404, f"No tenant {tenant!r} is configured.", code="tenant_not_found", param="tenant"
-            )
+        tenant = admin_tenant(gateway, request)
         raw_days = request.query_params.get("days", "30")
         if not raw_days.isdigit() or not 1 <= int(raw_days) <= 366:
             raise bad_request("days must be an integer from 1 to 366", param="days")
