@@ -24,7 +24,13 @@ from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.observability import Observability
 from gateway.policy import Policy, PolicySnapshot, PolicyStore, RetrievalPolicy, hash_key
 from gateway.proxy import OpenAIEndpoint, Receive, Scope, Send, request_headers
-from gateway.services import Services, build_services, ingest_settings
+from gateway.services import (
+    Services,
+    build_services,
+    ensure_retrieval,
+    ingest_settings,
+    policy_needs_embedder,
+)
 from middleware import build_stages
 from middleware.auth import authenticate
 
@@ -119,7 +125,8 @@ class Gateway:
             self._services = await asyncio.to_thread(
                 build_services, self.config, None, self.observability.tracing
             )
-        errors = self.policies.load()
+        # In a thread: building the chains may load the embedder and open the vector store.
+        errors = await asyncio.to_thread(self.policies.load)
         for error in errors:
             log.error("%s", error)
         await asyncio.to_thread(self._prepare_indexes)
@@ -186,6 +193,8 @@ class Gateway:
     def _rebuild_chains(self, snapshot: PolicySnapshot) -> None:
         if self._services is None:
             return
+        if any(policy_needs_embedder(p) for p in snapshot.policies.values()):
+            ensure_retrieval(self._services)
         chains: dict[tuple[str, str], Handler] = {}
         terminal = self._services.router.call
         tracer = self.observability.tracing.tracer

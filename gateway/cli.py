@@ -46,6 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http="httptools",
         lifespan="on",
         access_log=False,
+        proxy_headers=False,  # the gateway reads no forwarded headers; skip the per-request middleware
         timeout_graceful_shutdown=config.server.drain_timeout_s,
         log_level=args.log_level,
     )

@@ -132,7 +132,11 @@ class VectorStoreConfig(_Strict):
 
 
 class RetrievalConfig(_Strict):
-    enabled: bool = Field(default=True, description="Load the embedder and vector store at start-up")
+    enabled: bool | None = Field(
+        default=None,
+        description="true: load the embedder and vector store at start-up; false: never; "
+        "unset: load them when a tenant's policy first needs them",
+    )
     embedding_model: str = Field(default="minilm", description="The local embedding model for the index")
     chunk_max_tokens: int = Field(default=240, ge=32, le=2048)
     chunk_overlap_tokens: int = Field(default=40, ge=0, le=512)

@@ -6,6 +6,8 @@ attempts, usage), in one place, so stages stay free of metric code. One registry
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -21,6 +23,7 @@ STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "rag_gateway_requests",
@@ -100,13 +103,22 @@ class Metrics:
             registry=r,
         )
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """The labelled child, cached: `labels()` takes a lock and builds a tuple on every call."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def observe(self, ctx: RequestContext, status: int, duration_s: float) -> None:
         tenant, model = ctx.tenant, ctx.model
-        self.requests.labels(tenant, model, ctx.endpoint, str(status)).inc()
-        self.request_duration.labels(tenant, model).observe(duration_s)
-        self.overhead.labels(tenant).observe(max(0.0, duration_s - ctx.upstream_s))
+        child = self._child
+        child(self.requests, tenant, model, ctx.endpoint, str(status)).inc()
+        child(self.request_duration, tenant, model).observe(duration_s)
+        child(self.overhead, tenant).observe(max(0.0, duration_s - ctx.upstream_s))
         for stage, ms in ctx.stage_ms.items():
-            self.stage_duration.labels(stage).observe(ms / 1000)
+            child(self.stage_duration, stage).observe(ms / 1000)
         for attempt in ctx.attempts:
             if attempt.outcome != "skipped":
                 self.upstream_duration.labels(attempt.model, attempt.outcome).observe(
@@ -114,7 +126,7 @@ class Metrics:
                 )
         operation = "chat" if ctx.endpoint == "chat" else "embeddings"
         error_type = "" if status < 400 else str(status)
-        self.operation_duration.labels(operation, model, error_type).observe(duration_s)
+        child(self.operation_duration, operation, model, error_type).observe(duration_s)
         usage = ctx.usage or {}
         for kind, key in (("input", "prompt_tokens"), ("output", "completion_tokens")):
             count = usage.get(key)

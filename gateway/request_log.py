@@ -1,64 +1,105 @@
 """The request log: one JSON line per request with every decision the gateway made.
 
-Lines are handed to a queue and written by a background thread (stdout or a rotating file), so
+Lines are batched in memory and written by a background thread (stdout or a rotating file), so
 the event loop never waits on disk. Secrets never appear: keys are logged by their short id,
 headers are not logged, and prompts and completions only where the tenant's policy allows it.
 """
 
 from __future__ import annotations
 
-import logging
-import logging.handlers
-import queue
+import os
 import sys
+import threading
 import time
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
 from gateway.config import RequestLogConfig
 from gateway.context import RequestContext
 
-LOGGER_NAME = "rag_gateway.requests"
-
-
-class _RawLine(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return str(record.msg)
+FLUSH_INTERVAL_S = 0.05
 
 
 class RequestLog:
+    """Lines are appended to an in-memory batch on the event loop (no locks, no logging records)
+    and written by one background thread every 50 ms: one wake-up per batch, not per request."""
+
     def __init__(self, config: RequestLogConfig) -> None:
         self.enabled = config.enabled
         self.path = Path(config.path) if config.path else None
-        self._listener: logging.handlers.QueueListener | None = None
-        self._logger = logging.getLogger(f"{LOGGER_NAME}.{id(self)}")
-        self._logger.propagate = False
-        self._logger.setLevel(logging.INFO)
+        self._max_bytes = config.max_bytes
+        self._backups = config.backups
+        self._pending: deque[bytes] = deque()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._file: BinaryIO | None = None
         if not self.enabled:
             return
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            sink: logging.Handler = logging.handlers.RotatingFileHandler(
-                self.path, maxBytes=config.max_bytes, backupCount=config.backups, encoding="utf-8"
-            )
-        else:
-            sink = logging.StreamHandler(sys.stdout)
-        sink.setFormatter(_RawLine())
-        lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        self._logger.addHandler(logging.handlers.QueueHandler(lines))
-        self._listener = logging.handlers.QueueListener(lines, sink)
-        self._listener.start()
+        self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
+        self._thread.start()
 
     def write(self, entry: dict[str, Any]) -> None:
         if self.enabled:
-            self._logger.info(orjson.dumps(entry, default=str).decode())
+            # deque.append is atomic: the writer thread pops from the other end.
+            self._pending.append(orjson.dumps(entry, default=str, option=orjson.OPT_APPEND_NEWLINE))
 
     def close(self) -> None:
-        if self._listener is not None:
-            self._listener.stop()  # flushes what is queued
-            self._listener = None
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(5)
+            self._thread = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(FLUSH_INTERVAL_S):
+            self._flush()
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        lines = []
+        while self._pending:
+            lines.append(self._pending.popleft())
+        data = b"".join(lines)
+        try:
+            if self.path is None:
+                sys.stdout.buffer.write(data)
+                sys.stdout.flush()
+            else:
+                self._write_file(data)
+        except OSError as exc:  # a full disk must not take the gateway down; say so once per batch
+            print(f"rag-gateway: request log write failed: {exc}", file=sys.stderr)
+
+    def _write_file(self, data: bytes) -> None:
+        assert self.path is not None
+        if self._file is None:
+            self._file = open(self.path, "ab")
+        if self._max_bytes and self._file.tell() + len(data) > self._max_bytes and self._file.tell() > 0:
+            self._rotate()
+        assert self._file is not None
+        self._file.write(data)
+        self._file.flush()
+
+    def _rotate(self) -> None:
+        assert self.path is not None and self._file is not None
+        self._file.close()
+        for n in range(self._backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
+        if self._backups > 0:
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink(missing_ok=True)
+        self._file = open(self.path, "ab")
 
 
 def entry_for(

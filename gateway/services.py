@@ -16,6 +16,7 @@ from gateway.upstreams.openai_http import OpenAIHTTPClient
 from gateway.upstreams.router import Router
 
 if TYPE_CHECKING:
+    from gateway.policy import Policy
     from gateway.retrieval.embedder import Embedder
 
 log = logging.getLogger("rag_gateway.services")
@@ -92,7 +93,7 @@ def build_services(
     config: GatewayConfig, embedder: Embedder | None = None, tracing: Tracing | None = None
 ) -> Services:
     """Create clients only for the providers the config uses (litellm is heavy to import)."""
-    if embedder is None and (needs_local_embedder(config) or config.retrieval.enabled):
+    if embedder is None and (needs_local_embedder(config) or config.retrieval.enabled is True):
         embedder = load_local_embedder(config.retrieval.embedding_model)
     clients: dict[str, UpstreamClient] = {
         "openai": OpenAIHTTPClient(max_connections=config.router.max_connections),
@@ -115,11 +116,41 @@ def build_services(
     services.extras.setdefault("readiness", {})["state"] = state_ready
     cache_store = make_cache_store(config.state)
     services.extras["cache_store"] = cache_store
-    if config.retrieval.enabled and embedder is not None:
-        retrieval = build_retrieval(config, embedder)
-        services.extras["readiness"]["vector_store"] = retrieval.pop("vector_store_ready")
-        services.extras.update(retrieval)
+    if config.retrieval.enabled is True:
+        ensure_retrieval(services)
     return services
+
+
+def policy_needs_embedder(policy: Policy) -> bool:
+    """Retrieval, the semantic cache and semantic denied topics all embed text."""
+    return (
+        policy.retrieval.enabled
+        or (policy.cache.enabled and policy.cache.semantic)
+        or (
+            policy.input_guardrails.enabled
+            and any(t.examples for t in policy.input_guardrails.denied_topics.topics)
+        )
+    )
+
+
+def ensure_retrieval(services: Services) -> bool:
+    """Load the embedder and open the vector store, once, when something first needs them.
+
+    With `retrieval.enabled` unset this happens only when a tenant's policy needs it, so a gateway
+    without retrieval never pays for the model and the store (about 220 MB of RSS). Blocking: call
+    it from a worker thread. False when gateway.yaml turns retrieval off.
+    """
+    config = services.config
+    if "retrieval" in services.extras:
+        return True
+    if config.retrieval.enabled is False:
+        return False
+    if services.embedder is None:
+        services.embedder = load_local_embedder(config.retrieval.embedding_model)
+    retrieval = build_retrieval(config, services.embedder)
+    services.extras.setdefault("readiness", {})["vector_store"] = retrieval.pop("vector_store_ready")
+    services.extras.update(retrieval)
+    return True
 
 
 def ingest_settings(config: GatewayConfig) -> Any:
