@@ -250,6 +250,39 @@ def _import(args: argparse.Namespace, run: Any, error_type: type[Exception], wri
     return 0
 
 
+def cmd_eval_answers(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.app import Gateway
+    from gateway.evaluation.answer_eval import evaluate_answers, summarise_answers
+    from gateway.evaluation.golden import GoldenError, load_golden
+
+    _check_tenant(args.tenant)
+    config = _config(args)
+    try:
+        queries = load_golden(Path(args.golden))
+    except GoldenError as exc:
+        raise ConfigError(str(exc)) from exc
+    if config.model(args.model) is None:
+        raise ConfigError(f"--model {args.model!r} is not a model in the gateway config")
+
+    async def run() -> dict[str, Any]:
+        gateway = Gateway(_quiet(config))
+        await gateway.start()
+        try:
+            policy = gateway.policies.snapshot.policies.get(args.tenant)
+            if policy is None:
+                raise ConfigError(f"no tenant {args.tenant!r} is configured")
+            outcomes = await evaluate_answers(gateway, policy, args.model, queries, args.judge)
+            return summarise_answers(outcomes)
+        finally:
+            await gateway.stop()
+
+    summary = asyncio.run(run())
+    print(json.dumps(summary, indent=2))
+    return 0 if summary["citation_validity"] in (None, 1.0) else 1
+
+
 def cmd_eval_calibrate(args: argparse.Namespace) -> int:
     from gateway.evaluation.calibrate import choose_threshold, format_table, trade_offs, write_min_confidence
     from gateway.evaluation.golden import GoldenError, load_golden
@@ -336,7 +369,7 @@ def _replay_full(config: GatewayConfig, entry: dict[str, Any]) -> int:
         return 2
 
     async def run() -> dict[str, Any]:
-        gateway = Gateway(config)
+        gateway = Gateway(_quiet(config))
         await gateway.start()
         try:
             policy = gateway.policies.snapshot.policies[entry["tenant"]]
@@ -368,6 +401,13 @@ def _replay_full(config: GatewayConfig, entry: dict[str, Any]) -> int:
         same = _answer(logged) == _answer(result["body"])
         print("answer: " + ("identical to the logged one" if same else "differs from the logged one"))
     return 0 if result["status"] == 200 else 1
+
+
+def _quiet(config: GatewayConfig) -> GatewayConfig:
+    """The config for an in-process gateway run by a command: its request log would mix with our output."""
+    quiet = config.model_copy(deep=True)
+    quiet.telemetry.request_log.enabled = False
+    return quiet
 
 
 def _answer(body: dict[str, Any]) -> list[Any]:
@@ -454,6 +494,18 @@ def build_parser() -> argparse.ArgumentParser:
     pubmedqa.add_argument("--answerable-fraction", type=float, default=0.5)
     pubmedqa.add_argument("--seed", type=int, default=13)
     pubmedqa.set_defaults(func=cmd_eval_import_pubmedqa)
+    answers = evaluation.add_parser(
+        "answers",
+        parents=[common],
+        help="answer-level checks through the chain: citations, refusals, support",
+    )
+    answers.add_argument("--tenant", required=True)
+    answers.add_argument("--golden", required=True, metavar="FILE")
+    answers.add_argument("--model", default="local-extractive", help="public model that answers")
+    answers.add_argument(
+        "--judge", metavar="MODEL", help="public model judging whether answers are supported"
+    )
+    answers.set_defaults(func=cmd_eval_answers)
     calibrate = evaluation.add_parser("calibrate", parents=[common], help="choose min_confidence from data")
     calibrate.add_argument("--tenant", required=True)
     calibrate.add_argument("--golden", required=True, metavar="FILE")

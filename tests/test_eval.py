@@ -191,3 +191,18 @@ def test_sample_corpus_meets_its_baseline(tmp_path: Path) -> None:
         str(REPO / "samples" / "golden-baseline.json"),
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    # Answer level, with the deterministic local model: every [n] points to an injected source.
+    answers = run_cli(
+        "eval",
+        "answers",
+        "--config",
+        str(config),
+        "--tenant",
+        "demo",
+        "--golden",
+        str(REPO / "samples" / "golden.jsonl"),
+    )
+    assert answers.returncode == 0, answers.stdout + answers.stderr
+    summary = json.loads(answers.stdout)
+    assert summary["citation_validity"] == 1.0 and summary["answers_with_citations"] == 1.0
+    assert summary["refusal_rate_unanswerable"] >= 0.9 and summary["answerable_citing_relevant"] >= 0.7
