@@ -97,9 +97,9 @@ def cmd_policy_schema(args: argparse.Namespace) -> int:
 
 
 def _retrieval(config: GatewayConfig) -> Any:
-    from gateway.services import build_retrieval, load_local_embedder
+    from gateway.services import build_retrieval, load_embedder
 
-    embedder = load_local_embedder(config.retrieval.embedding_model)
+    embedder = load_embedder(config.retrieval.embedding_model, config)
     return build_retrieval(config, embedder)["retrieval"]
 
 

@@ -137,7 +137,10 @@ class RetrievalConfig(_Strict):
         description="true: load the embedder and vector store at start-up; false: never; "
         "unset: load them when a tenant's policy first needs them",
     )
-    embedding_model: str = Field(default="minilm", description="The local embedding model for the index")
+    embedding_model: str = Field(
+        default="minilm",
+        description="'minilm' (bundled, offline), or the public name of a mode: embedding model in `models`",
+    )
     chunk_max_tokens: int = Field(default=240, ge=32, le=2048)
     chunk_overlap_tokens: int = Field(default=40, ge=0, le=512)
     max_file_bytes: int = Field(default=50_000_000, ge=1)

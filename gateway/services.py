@@ -54,10 +54,20 @@ def needs_local_embedder(config: GatewayConfig) -> bool:
     )
 
 
-def load_local_embedder(model: str = "minilm") -> Embedder:
+def load_embedder(model: str = "minilm", config: GatewayConfig | None = None) -> Embedder:
+    """The bundled model, or a provider embedding model named by its public name in gateway.yaml."""
+    configured = config.model(model) if config is not None else None
+    if (
+        configured is not None
+        and configured.mode == "embedding"
+        and configured.deployments[0].provider != "local"
+    ):
+        from gateway.retrieval.provider_embedder import ProviderEmbedder
+
+        return ProviderEmbedder(configured)
     from gateway.retrieval.embedder import make_embedder  # onnxruntime: only when configured
 
-    return make_embedder(model)
+    return make_embedder("minilm" if configured is not None else model)
 
 
 def build_retrieval(config: GatewayConfig, embedder: Embedder) -> dict[str, Any]:
@@ -94,7 +104,7 @@ def build_services(
 ) -> Services:
     """Create clients only for the providers the config uses (litellm is heavy to import)."""
     if embedder is None and (needs_local_embedder(config) or config.retrieval.enabled is True):
-        embedder = load_local_embedder(config.retrieval.embedding_model)
+        embedder = load_embedder(config.retrieval.embedding_model, config)
     clients: dict[str, UpstreamClient] = {
         "openai": OpenAIHTTPClient(max_connections=config.router.max_connections),
         "local": LocalClient(embedder),
@@ -146,7 +156,7 @@ def ensure_retrieval(services: Services) -> bool:
     if config.retrieval.enabled is False:
         return False
     if services.embedder is None:
-        services.embedder = load_local_embedder(config.retrieval.embedding_model)
+        services.embedder = load_embedder(config.retrieval.embedding_model, config)
     retrieval = build_retrieval(config, services.embedder)
     services.extras.setdefault("readiness", {})["vector_store"] = retrieval.pop("vector_store_ready")
     services.extras.update(retrieval)

@@ -286,3 +286,34 @@ def test_conflicting_sources_are_grouped_and_flagged(rag: RunningGateway) -> Non
     system = rag.upstream.requests()[-1]["body"]["messages"][0]["content"]
     assert "Conflicts with" in system and "disagree" in system
     assert f"Prefer [{new['id']}], the newest source." in system
+
+
+def test_provider_embedding_model_through_the_upstream_config(
+    tmp_path: Path, upstream: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """retrieval.embedding_model may name a provider embedding model from gateway.yaml."""
+    monkeypatch.setenv("MOCK_UPSTREAM_KEY", UPSTREAM_SECRET)
+    monkeypatch.setenv("TEST_ADMIN_KEY", ADMIN_KEY)
+    config_path = write_gateway_files(
+        tmp_path, upstream.base, retrieval={"enabled": True, "embedding_model": "embed-mock"}
+    )
+    acme = tmp_path / "policies" / "acme.yaml"
+    data = yaml.safe_load(acme.read_text())
+    data["retrieval"] = retrieval_policy(min_confidence=0.0)
+    acme.write_text(yaml.safe_dump(data))
+    server = ServerThread(create_app(load_config(config_path)))
+    gateway = RunningGateway(server, config_path, upstream)
+    try:
+        upload = httpx.post(
+            f"{gateway.url}/admin/tenants/acme/documents",
+            timeout=60,
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            json={"documents": [{"name": n, "content": c} for n, c in DOCS.items()]},
+        )
+        assert upload.status_code == 200, upload.text
+        response = ask(gateway, "How much does a resident parking permit cost?")
+        assert response.json()["citations"][0]["source"] == "parking.md"
+    finally:
+        server.stop()
+    paths = [r["path"] for r in upstream.requests()]
+    assert paths.count("/v1/embeddings") >= 2  # the documents, then the query
