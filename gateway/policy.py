@@ -61,6 +61,13 @@ DEFAULT_CONFLICT_NOTE = (
 )
 
 
+class RerankPolicy(_Strict):
+    model: str | None = Field(
+        default=None, description="Public model that reranks the fused candidates (off: null)"
+    )
+    candidates: int = Field(default=20, ge=2, le=100, description="Fused candidates shown to the reranker")
+
+
 class RetrievalPolicy(_Strict):
     """Retrieval injection and refusal: what is searched, what is injected, when to refuse."""
 
@@ -93,6 +100,7 @@ class RetrievalPolicy(_Strict):
         default_factory=dict,
         description="Metadata equality filters applied to every search (e.g. kind: text)",
     )
+    rerank: RerankPolicy = Field(default_factory=RerankPolicy)
 
     @field_validator("template")
     @classmethod

@@ -24,10 +24,12 @@ from gateway.policy import Policy, RetrievalPolicy
 from gateway.response import GatewayResponse
 from gateway.retrieval.conflicts import ConflictGroup, find_conflicts, newest
 from gateway.retrieval.index import Hit, RetrievalResult
+from gateway.retrieval.rerank import llm_rerank
 from gateway.retrieval.service import RetrievalService
 from gateway.retrieval.tokens import TokenCounter
 from gateway.services import Services
 from gateway.sse import encode_event, event_data, iter_events
+from gateway.upstreams.router import Router
 
 NAME = "retrieval"
 INPUT_GUARDRAILS = "input_guardrails"  # where the input guardrail stage leaves itself on ctx.state
@@ -188,11 +190,13 @@ class RetrievalStage:
         service: RetrievalService,
         counter: TokenCounter,
         tracer: Tracer | None = None,
+        router: Router | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
         self.counter = counter
         self.tracer = tracer
+        self.router = router  # for the LLM reranker
 
     def screen_for_injection(self, ctx: RequestContext, hits: list[Hit]) -> list[Hit]:
         """Instructions hidden in retrieved chunks (indirect prompt injection), checked before injection."""
@@ -215,24 +219,30 @@ class RetrievalStage:
             return [h for i, h in enumerate(hits) if i not in flagged]
         return hits
 
+    @property
+    def depth(self) -> int:
+        """How many fused hits the search returns: the top_k, or more when a reranker picks from them."""
+        rerank = self.settings.rerank
+        return max(self.settings.top_k, rerank.candidates) if rerank.model else self.settings.top_k
+
     async def search(self, ctx: RequestContext, query: str) -> RetrievalResult:
         settings = self.settings
         if self.tracer is None:
             return await self.service.search(
-                ctx.tenant, query, settings.top_k, settings.candidates, settings.filters
+                ctx.tenant, query, self.depth, settings.candidates, settings.filters
             )
         collection = self.service.store.tenant(ctx.tenant).collection_name
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "retrieval",
             "gen_ai.data_source.id": collection,
-            "gen_ai.retrieval.top_k": settings.top_k,
+            "gen_ai.retrieval.top_k": self.depth,
             "gateway.tenant": ctx.tenant,
         }
         if ctx.policy.log_content:
             attributes["gen_ai.retrieval.query.text"] = query
         with self.tracer.start_as_current_span(f"retrieval {collection}", attributes=attributes) as span:
             result = await self.service.search(
-                ctx.tenant, query, settings.top_k, settings.candidates, settings.filters
+                ctx.tenant, query, self.depth, settings.candidates, settings.filters
             )
             documents = [
                 {
@@ -263,8 +273,13 @@ class RetrievalStage:
             ctx.decide(NAME, "skipped", reason="no user text to search for")
             return await call_next(ctx)
         result = await self.search(ctx, query)
+        ranked = result.hits
+        if settings.rerank.model and self.router is not None:
+            ranked = await llm_rerank(self.router, ctx, settings.rerank.model, query, ranked)
         outcome = RetrievalOutcome(
-            query, result, select_within_budget(result.hits, settings.max_context_tokens, self.counter)
+            query,
+            result,
+            select_within_budget(ranked[: settings.top_k], settings.max_context_tokens, self.counter),
         )
         ctx.state[NAME] = outcome
         ctx.response_headers["x-gateway-confidence"] = f"{result.confidence:.3f}"
@@ -273,7 +288,7 @@ class RetrievalStage:
             "retrieved",
             query=query,
             corpus_version=result.corpus_version,
-            top_k=settings.top_k,
+            top_k=self.depth,
             candidates=settings.candidates,
             filters=dict(settings.filters),
             confidence=round(result.confidence, 4),
@@ -327,4 +342,6 @@ def build(policy: Policy, services: Services) -> RetrievalStage | None:
     if service is None:
         raise RuntimeError("retrieval is enabled in a policy but the retrieval service is not configured")
     tracer = services.tracing.tracer if services.tracing is not None else None
-    return RetrievalStage(policy.retrieval, service, services.extras["token_counter"], tracer)
+    return RetrievalStage(
+        policy.retrieval, service, services.extras["token_counter"], tracer, services.router
+    )

@@ -317,3 +317,22 @@ def test_provider_embedding_model_through_the_upstream_config(
         server.stop()
     paths = [r["path"] for r in upstream.requests()]
     assert paths.count("/v1/embeddings") >= 2  # the documents, then the query
+
+
+def test_llm_reranker_reorders_the_fused_candidates(rag: RunningGateway) -> None:
+    question = "Where are resident parking permits issued and what are the town hall hours?"
+    fused = [c["source"] for c in ask(rag, question, model="local-extractive").json()["citations"]]
+    policy_file = rag.config_path.parent / "policies" / "acme.yaml"
+    data = yaml.safe_load(policy_file.read_text())
+    data["retrieval"] = retrieval_policy(rerank={"model": "backup", "candidates": 3}, top_k=2)
+    policy_file.write_text(yaml.safe_dump(data))
+    import time
+
+    time.sleep(1.2)  # hot reload
+    # The reranker (the mock, answering as model backup-1) puts the fused #2 first; the rest follow.
+    rag.upstream.script("backup-1", "say:[2]")
+    reranked = ask(rag, question, model="local-extractive")
+    sources = [c["source"] for c in reranked.json()["citations"]]
+    assert sources == [fused[1], fused[0]]
+    prompt = rag.upstream.requests()[-1]["body"]["messages"][0]["content"]
+    assert "Rank the passages" in prompt and "[1]" in prompt and "[3]" in prompt

@@ -1,0 +1,83 @@
+"""LLM reranking through the gateway's own upstreams (no offline cross-encoder ships in a package).
+
+The fused candidates are shown to a rerank model as numbered passages; it answers with the numbers
+in order of relevance. Anything it leaves out keeps its fused order after the ones it ranked; an
+unusable answer (or a failed call) keeps the fused order entirely, so reranking can only reorder.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import replace
+
+from gateway.context import RequestContext
+from gateway.errors import GatewayError
+from gateway.retrieval.index import Hit
+from gateway.upstreams.router import Router
+
+PROMPT = (
+    "Rank the passages by how well they answer the question. Reply with the passage numbers only, most "
+    "relevant first, as a JSON list such as [3, 1, 2]. Leave out passages that do not help.\n\n"
+    "Question: {query}\n\n{passages}"
+)
+NUMBER_RE = re.compile(r"\d+")
+PASSAGE_CHARS = 1200  # enough of a ~240-token chunk to judge it, bounded cost
+
+
+def rerank_order(answer: str, count: int) -> list[int] | None:
+    """0-based positions from the model's answer, or None when it named no valid passage."""
+    seen: list[int] = []
+    for token in NUMBER_RE.findall(answer):
+        n = int(token) - 1
+        if 0 <= n < count and n not in seen:
+            seen.append(n)
+    return seen or None
+
+
+async def llm_rerank(
+    router: Router, ctx: RequestContext, model: str, query: str, hits: list[Hit]
+) -> list[Hit]:
+    if len(hits) < 2:
+        return hits
+    passages = "\n\n".join(f"[{i + 1}] {h.chunk.text[:PASSAGE_CHARS]}" for i, h in enumerate(hits))
+    body = {
+        "model": model,
+        "temperature": 0,
+        "max_tokens": 200,
+        "messages": [{"role": "user", "content": PROMPT.format(query=query, passages=passages)}],
+    }
+    rerank_ctx = RequestContext(
+        request_id=f"{ctx.request_id}-rerank",
+        started=time.perf_counter(),
+        endpoint="chat",
+        policy=ctx.policy,
+        key_id=ctx.key_id,
+        body=body,
+        model=model,
+        stream=False,
+        client_headers={},
+    )
+    try:
+        response = await router.call(rerank_ctx)
+        data = response.json()
+    except (GatewayError, ValueError) as exc:
+        ctx.decide("retrieval", "rerank_failed", model=model, reason=str(exc)[:200])
+        return hits
+    finally:
+        ctx.upstream_s += rerank_ctx.upstream_s
+        ctx.attempts.extend(rerank_ctx.attempts)
+    text = "".join(str((c.get("message") or {}).get("content") or "") for c in data.get("choices", []))
+    order = rerank_order(text, len(hits))
+    if order is None:
+        ctx.decide("retrieval", "rerank_unusable", model=model)
+        return hits
+    ranked = [hits[i] for i in order] + [h for i, h in enumerate(hits) if i not in order]
+    ctx.decide(
+        "retrieval",
+        "reranked",
+        model=model,
+        before=[h.chunk.id for h in hits],
+        after=[h.chunk.id for h in ranked],
+    )
+    return [replace(h, rank=i + 1) for i, h in enumerate(ranked)]
