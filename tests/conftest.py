@@ -207,6 +207,9 @@ def write_gateway_files(
         "policies_dir": "policies",
         # Most tests exercise the proxy; those about retrieval turn it on (the embedder takes time to load).
         "retrieval": retrieval or {"enabled": False},
+        # The request log writes from a thread after a test's output capture ended: keep it off
+        # here; test_observability turns it on (into a file) where it is the subject.
+        "telemetry": {"request_log": {"enabled": False}},
         "router": {
             "backoff_base_s": 0.01,
             "backoff_max_s": 0.05,

@@ -243,7 +243,11 @@ def test_dead_collector_never_fails_or_slows_requests(
     monkeypatch.setenv("MOCK_UPSTREAM_KEY", UPSTREAM_SECRET)
     config_path = write_gateway_files(tmp_path, upstream.base)
     config = yaml.safe_load(config_path.read_text())
-    config["telemetry"] = {"otlp_endpoint": f"http://127.0.0.1:{free_port()}", "otlp_protocol": "grpc"}
+    config["telemetry"] = {
+        "otlp_endpoint": f"http://127.0.0.1:{free_port()}",
+        "otlp_protocol": "grpc",
+        "request_log": {"enabled": False},
+    }
     config_path.write_text(yaml.safe_dump(config))
     server = ServerThread(create_app(load_config(config_path)))
     try:
