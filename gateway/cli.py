@@ -160,16 +160,22 @@ def _policy_file(config: GatewayConfig, tenant: str) -> Path:
     return config.resolve(config.policies_dir) / f"{tenant}.yaml"
 
 
-def cmd_eval_retrieval(args: argparse.Namespace) -> int:
+def _golden_run(args: argparse.Namespace) -> tuple[GatewayConfig, list[Any]]:
+    """The checked tenant, the config and the golden queries every eval command starts from."""
     from gateway.evaluation.golden import GoldenError, load_golden
-    from gateway.evaluation.retrieval_eval import compare_to_baseline, evaluate, format_report
 
     _check_tenant(args.tenant)
     config = _config(args)
     try:
-        queries = load_golden(Path(args.golden))
+        return config, load_golden(Path(args.golden))
     except GoldenError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from gateway.evaluation.retrieval_eval import compare_to_baseline, evaluate, format_report
+
+    config, queries = _golden_run(args)
     policy = _tenant_policy(config, args.tenant)
     threshold = args.min_confidence if args.min_confidence is not None else policy.retrieval.min_confidence
     retrieval = _retrieval(config)
@@ -255,14 +261,8 @@ def cmd_eval_answers(args: argparse.Namespace) -> int:
 
     from gateway.app import Gateway
     from gateway.evaluation.answer_eval import evaluate_answers, summarise_answers
-    from gateway.evaluation.golden import GoldenError, load_golden
 
-    _check_tenant(args.tenant)
-    config = _config(args)
-    try:
-        queries = load_golden(Path(args.golden))
-    except GoldenError as exc:
-        raise ConfigError(str(exc)) from exc
+    config, queries = _golden_run(args)
     if config.model(args.model) is None:
         raise ConfigError(f"--model {args.model!r} is not a model in the gateway config")
 
@@ -285,15 +285,9 @@ def cmd_eval_answers(args: argparse.Namespace) -> int:
 
 def cmd_eval_calibrate(args: argparse.Namespace) -> int:
     from gateway.evaluation.calibrate import choose_threshold, format_table, trade_offs, write_min_confidence
-    from gateway.evaluation.golden import GoldenError, load_golden
     from gateway.evaluation.retrieval_eval import evaluate
 
-    _check_tenant(args.tenant)
-    config = _config(args)
-    try:
-        queries = load_golden(Path(args.golden))
-    except GoldenError as exc:
-        raise ConfigError(str(exc)) from exc
+    config, queries = _golden_run(args)
     if all(q.answerable for q in queries) or not any(q.answerable for q in queries):
         raise ConfigError(f"{args.golden}: calibration needs both answerable and unanswerable queries")
     policy_file = None if args.dry_run else _policy_file(config, args.tenant)
