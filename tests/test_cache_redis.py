@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,45 +19,10 @@ from gateway.cache.store import make_cache_store
 from gateway.errors import GatewayError
 from gateway.retrieval.embedder import LocalMiniLMEmbedder
 from middleware.cache import CacheStage
+from tests.conftest import PrivateRedis
 from tests.test_cache_support import Upstream, answer_text, make_ctx
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PrivateRedis:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port)]
-        self.proc = subprocess.Popen(
-            [*args, "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
 
 
 @pytest.fixture(scope="module")
@@ -68,16 +31,8 @@ def embedder() -> LocalMiniLMEmbedder:
 
 
 @pytest.fixture
-def redis_server() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def replicas(redis_server: PrivateRedis) -> AsyncIterator[tuple[RedisCacheStore, RedisCacheStore]]:
-    a, b = make_cache_store(redis_server.url), make_cache_store(redis_server.url)
+async def replicas(private_redis: PrivateRedis) -> AsyncIterator[tuple[RedisCacheStore, RedisCacheStore]]:
+    a, b = make_cache_store(private_redis.url), make_cache_store(private_redis.url)
     assert isinstance(a, RedisCacheStore) and isinstance(b, RedisCacheStore)
     yield a, b
     await a.close()
