@@ -84,6 +84,7 @@ def targets_table(r: dict[str, Any]) -> tuple[list[str], dict[str, bool | None]]
             met["rss_growth"],
         )
     )
+    rows += phase_targets(r)
     lines = ["| target | goal | measured | met |", "| --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {_met(d)} |" for a, b, c, d in rows]
     return lines, met
@@ -233,6 +234,8 @@ def render(r: dict[str, Any]) -> str:
         trail = ", ".join(f"{n // 1000}k: {v:.1f}" for n, v in mem.get("rss_samples", []))
         out += [f"RSS along the memory phase (requests: MB): {trail}.", ""]
 
+    out += phase_sections(r)
+
     prof = r.get("profile")
     if prof:
         out += ["## Gateway profile under load (py-spy, 200 Hz)", ""]
@@ -258,8 +261,14 @@ def render(r: dict[str, Any]) -> str:
     ]
     for name, info in r.get("logs", {}).items():
         if info["problem_lines"]:
+            expected = (
+                " (expected: this gateway exports traces to a port where nothing listens)"
+                if name == "rag-gateway-tel-on"
+                else ""
+            )
             problems.append(
-                f"- `{name}` log: {info['problem_lines']} error lines, first: `{info['first'][0][:200]}`"
+                f"- `{name}` log: {info['problem_lines']} error lines{expected}, "
+                f"first: `{info['first'][0][:200]}`"
             )
     problems += [f"- {note}" for note in r.get("notes", [])]
     foreign = [
@@ -278,3 +287,262 @@ def render(r: dict[str, Any]) -> str:
     out += problems or ["- No target answered an error, and no server logged one."]
     out += ["", f"Wall time {r.get('wall_s', 0):.0f} s. Raw numbers: `bench/results/latest.json`.", ""]
     return "\n".join(out)
+
+
+# -- stage, telemetry, cache-hit and retrieval phases ---------------------------------------------
+
+
+def _lvl(section: dict[str, Any], clients: int | str) -> dict[str, dict[str, Any]]:
+    return {k: v["median"] for k, v in section.get("levels", {}).get(str(clients), {}).items()}
+
+
+def _delta(by: dict[str, dict[str, Any]], name: str, base: str, key: str) -> float | None:
+    if name not in by or base not in by or by[name].get(key) is None or by[base].get(key) is None:
+        return None
+    return by[name][key] - by[base][key]
+
+
+def phase_targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """Rows for the targets table from the stage, telemetry, cache and retrieval phases."""
+    rows: list[tuple[str, str, str, bool | None]] = []
+    conns = r["args"]["connections"]
+    st = r.get("stages", {})
+    for clients in (conns, 1):
+        d = _delta(_lvl(st, clients), "redis:rd-limits", "redis:rd-off", "p50_ms")
+        rows.append(
+            (
+                f"Redis rate_limit + budget, added p50 ({clients} client{'s' if clients > 1 else ''}, "
+                "upstream at once)",
+                "<= 1 ms",
+                _f(d, 3, " ms"),
+                None if d is None else d <= 1.0,
+            )
+        )
+    tel = r.get("telemetry", {})
+    for clients in (conns, 1):
+        by = _lvl(tel, clients)
+        d = _delta(by, "tel-on:bench", "tel-off:bench", "p50_ms")
+        rows.append(
+            (
+                f"Telemetry all on vs all off, added p50 ({clients} client{'s' if clients > 1 else ''}, "
+                "upstream 50 ms)",
+                "<= 0.3 ms",
+                _f(d, 3, " ms"),
+                None if d is None else d <= 0.3,
+            )
+        )
+    for clients in (conns, 1):
+        by = _lvl(tel, clients)
+        d = _delta(by, "tel-on:bench", "tel-on-no-traces:bench", "p50_ms")
+        errors = by.get("tel-on:bench", {}).get("non_2xx", 0) + by.get("tel-on:bench", {}).get(
+            "socket_errors", 0
+        )
+        rows.append(
+            (
+                f"Tracing to a dead collector vs tracing off, p50 ({clients} "
+                f"client{'s' if clients > 1 else ''})",
+                "no change (<= 0.2 ms, no errors)",
+                "n/a" if d is None else f"{d:+.3f} ms, {errors} errors",
+                None if d is None else (d <= 0.2 and errors == 0),
+            )
+        )
+    ch = r.get("cache_hits", {})
+    for kind, goal in (("exact", 2.0), ("semantic", 10.0)):
+        m = ch.get(kind, {})
+        p50 = m.get("p50_ms")
+        rows.append(
+            (
+                f"Cache {'exact' if kind == 'exact' else 'semantic'} hit, end to end p50 (1 client)",
+                f"<= {goal:g} ms",
+                "n/a" if p50 is None else f"{p50:.2f} ms ({m['hits']}/{m['requests']} hits)",
+                None if p50 is None else (p50 <= goal and m["hits"] == m["requests"]),
+            )
+        )
+    ret = r.get("retrieval", {})
+    lat = {row["chunks"]: row for row in ret.get("latency", [])}
+    biggest = max(lat) if lat else None
+    if biggest is not None:
+        row = lat[biggest]
+        rows.append(
+            (
+                f"Retrieval stage p50 at {biggest:,} chunks (embed + dense + BM25 + fusion)",
+                "<= 20 ms at 100k",
+                f"{row['p50_ms']:.1f} ms (p95 {row['p95_ms']:.1f})",
+                (row["p50_ms"] <= 20.0) if biggest >= 100_000 else None,
+            )
+        )
+    ing = ret.get("ingestion", {})
+    if ing.get("pipeline_vs_raw") is not None:
+        rows.append(
+            (
+                "Ingestion pipeline vs raw embedder throughput",
+                ">= 80%",
+                f"{100 * ing['pipeline_vs_raw']:.0f}% ({ing['pipeline_chunks_per_s']:.1f} vs "
+                f"{ing['raw_chunks_per_s']:.1f} chunks/s)",
+                ing["pipeline_vs_raw"] >= 0.8,
+            )
+        )
+    return rows
+
+
+def phase_sections(r: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    conns = r["args"]["connections"]
+    st = r.get("stages")
+    if st:
+        labels = st.get("labels", {})
+        secs = st.get("seconds", {})
+        out += [
+            "## Chain stages, one at a time and together (upstream answers at once)",
+            "",
+            f"One gateway (one worker, pinned), one tenant per row; `state: memory` unless the row says "
+            f"Redis (`state: {st['state'].get('redis')}`, its own gateway, compared with its own "
+            "chain-off tenant). Every request asks a new question (`post_unique.lua`), so the cache "
+            "tenants always miss. Limits and budgets are far out of reach. "
+            f"{secs.get(str(conns), 0):g} s runs at {conns} connections, {secs.get('1', 0):g} s at 1.",
+            "",
+            f"| tenant | req/s ({conns} conn) | p50 ms | p99 ms | CPU µs/req | added CPU µs/req | "
+            f"added p50 µs ({conns} conn) | p50 ms (1 client) | added p50 µs (1 client) | errors |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        by8, by1 = _lvl(st, conns), _lvl(st, 1)
+        for name, label in labels.items():
+            if name not in by8:
+                continue
+            base = "redis:rd-off" if name.startswith("redis:") else "stages:st-off"
+            m, m1 = by8[name], by1.get(name, {})
+            is_base = name == base
+
+            def us(v: float | None, is_base: bool = is_base) -> str:
+                return "—" if is_base else ("n/a" if v is None else f"{1000 * v:+,.0f}")
+
+            dcpu = _delta(by8, name, base, "cpu_us_per_req")
+            errors = m["non_2xx"] + m["socket_errors"] + m1.get("non_2xx", 0) + m1.get("socket_errors", 0)
+            out.append(
+                f"| {label} | {m['rps']:,.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
+                f"{_f(m['cpu_us_per_req'], 0)} | {'—' if is_base else _f(dcpu, 0)} | "
+                f"{us(_delta(by8, name, base, 'p50_ms'))} | {_f(m1.get('p50_ms'), 3)} | "
+                f"{us(_delta(by1, name, base, 'p50_ms'))} | {errors} |"
+            )
+        caches = {
+            labels[n]: m["cache"] for n, m in by8.items() if m.get("cache") and "cache" in labels.get(n, "")
+        }
+        out.append("")
+        out.append(
+            "added = this tenant minus the chain-off tenant of the same gateway (medians of runs). "
+            f"At {conns} connections the server is saturated, so added p50 ≈ {conns} x the added "
+            "per-request cost (each request queues behind the others); the 1-client column is the "
+            "latency one request pays. "
+            + "; ".join(
+                f"{label}: {c['hit']} exact / {c['semantic_hit']} semantic hits, {c['miss_or_bypass']} misses"
+                for label, c in caches.items()
+            )
+            + "."
+        )
+        out.append("")
+
+    tel = r.get("telemetry")
+    if tel:
+        labels = tel["labels"]
+        out += [
+            f"## Telemetry overhead (upstream latency {tel['upstream_latency_ms']:g} ms)",
+            "",
+            "Three gateways, same policy (no stages): all off (`traces: false, metrics: false, "
+            "request_log: {enabled: false}`); all on (request log to a file under bench/results/tmp, "
+            f"metrics, OTLP/HTTP traces to {tel['dead_collector']} where nothing listens); and the "
+            f"same without tracing. {tel.get('request_log_lines', 0):,} request-log lines written.",
+            "",
+            "| clients | gateway | req/s | p50 ms | p99 ms | CPU µs/req | p50 vs off | p50 vs tracing off "
+            "| errors |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for clients in tel.get("levels", {}):
+            by = _lvl(tel, clients)
+            for name, label in labels.items():
+                if name not in by:
+                    continue
+                m = by[name]
+                voff = _delta(by, name, "tel-off:bench", "p50_ms")
+                vnt = _delta(by, name, "tel-on-no-traces:bench", "p50_ms")
+                out.append(
+                    f"| {clients} | {label} | {m['rps']:,.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
+                    f"{_f(m['cpu_us_per_req'], 0)} | "
+                    f"{'—' if name == 'tel-off:bench' else _f(voff, 3, ' ms')} | "
+                    f"{_f(vnt, 3, ' ms') if name == 'tel-on:bench' else '—'} | "
+                    f"{m['non_2xx'] + m['socket_errors']} |"
+                )
+        out.append("")
+
+    ch = r.get("cache_hits")
+    if ch:
+        out += [
+            "## Cache hits end to end (memory state, 1 client, keep-alive)",
+            "",
+            f'Cached question: "{ch["cached_question"]}". Only responses with the expected '
+            "`x-gateway-cache` header are timed; anything else is counted under 'not hits'. Semantic "
+            f"hits cycle through {len(ch['paraphrases'])} paraphrases (MiniLM cosine to the cached "
+            f"question >= {ch['similarity_threshold']}); each lookup embeds the paraphrase.",
+            "",
+            "| kind | requests | hits | p50 ms | p90 ms | p99 ms | min similarity | not hits |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for kind in ("exact", "semantic"):
+            m = ch[kind]
+            out.append(
+                f"| {kind} | {m['requests']} | {m['hits']} | {_f(m['p50_ms'], 3)} | {_f(m['p90_ms'], 3)} | "
+                f"{_f(m['p99_ms'], 3)} | {_f(m.get('similarity_min'), 4)} | "
+                f"{', '.join(f'{k}: {v}' for k, v in m['not_hits'].items()) or 'none'} |"
+            )
+        out.append("")
+
+    ret = r.get("retrieval")
+    if ret:
+        out += ["## Retrieval latency and ingestion (bench/retrieval_perf.py, unpinned, both cores)", ""]
+        if ret.get("error"):
+            out += [f"Not measured: {ret['error']}", ""]
+        else:
+            ing = ret["ingestion"]
+            out += [
+                "| chunks | chunks embedded for real | build s | queries | p50 ms | p95 ms | "
+                "query embedding p50 ms | process RSS MB |",
+                "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            ]
+            for row in ret["latency"]:
+                out.append(
+                    f"| {row['chunks']:,} | {row['real_embeddings']:,} | {row['build_s']:.1f} | "
+                    f"{row['queries']} | "
+                    f"{row['p50_ms']:.2f} | {row['p95_ms']:.2f} | {row['embed_p50_ms']:.2f} | "
+                    f"{row['rss_mb']:.0f} |"
+                )
+            out += [
+                "",
+                "Latency = `RetrievalService.search_sync` (MiniLM query embedding, Chroma HNSW dense "
+                "search, BM25, fusion, confidence features; top 5 of 100 candidates per retriever). "
+                "The index grows in place from the ingestion run's chunks; the chunks added to reach each "
+                "size are synthetic ~230-token passages with random unit vectors (embedding 100k chunks "
+                "for real would take hours on this CPU); queries always run the real embedder. RSS "
+                f"includes the embedder: {ret['rss_after_embedder_mb']:.0f} MB after loading it, "
+                f"{ing['rss_after_mb']:.0f} MB after the ingestion run (onnxruntime keeps its arena "
+                "from the batched embedding).",
+                "",
+                "| ingestion | chunks | seconds | chunks/s |",
+                "| --- | ---: | ---: | ---: |",
+                f"| `Ingestor.ingest_paths`, {ing['files']} Markdown files "
+                "(parse, chunk, embed, write, BM25) "
+                f"| {ing['chunks']} | {ing['pipeline_s']:.1f} | {ing['pipeline_chunks_per_s']:.1f} |",
+                f"| `embedder.embed` alone on the same chunk texts, batches of 32 | {ing['chunks']} | "
+                f"{ing['raw_embed_s']:.1f} | {ing['raw_chunks_per_s']:.1f} |",
+                "",
+                f"Median chunk length {_f(ing.get('median_chunk_tokens'), 0)} MiniLM tokens; "
+                f"{ing['errors']} files failed.",
+                "",
+            ]
+    rss = r.get("variant_rss_mb")
+    if rss:
+        out += [
+            "Gateway variants' RSS at the end of their phases (MB): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in rss.items())
+            + ".",
+            "",
+        ]
+    return out

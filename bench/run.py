@@ -41,6 +41,7 @@ RESULTS = BENCH / "results"
 TMP = RESULTS / "tmp"
 LOGS = RESULTS / "logs"
 LUA = BENCH / "post.lua"
+LUA_UNIQUE = BENCH / "post_unique.lua"  # a different question per request (cache always misses)
 LITELLM_VENV = ROOT / ".cache" / "bench-venv-litellm"
 UPSTREAM_MODEL = "gpt-4o-mini"  # a name in LiteLLM's cost map, as a real deployment's would be
 MESSAGES = [
@@ -69,6 +70,7 @@ class Target:
     server: Server | None = None  # the process whose CPU and RSS we read
     error: str | None = None  # why it could not be measured
     results: dict[str, Any] = field(default_factory=dict)
+    lua: Path = LUA  # LUA_UNIQUE: the user turn is __Q__, replaced by a new question per request
 
     @property
     def url(self) -> str:
@@ -79,7 +81,10 @@ class Target:
         return self.error is None
 
     def body(self, stream: bool = False) -> bytes:
-        payload: dict[str, Any] = {"model": self.model, "messages": MESSAGES, "max_tokens": 16}
+        messages = MESSAGES
+        if self.lua == LUA_UNIQUE:
+            messages = [MESSAGES[0], {"role": "user", "content": "__Q__"}]
+        payload: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": 16}
         if stream:
             payload["stream"] = True
         return json.dumps(payload).encode()
@@ -122,7 +127,7 @@ def wrk(target: Target, duration_s: float, connections: int, core: int, threads:
         "10s",
         "--latency",
         "-s",
-        str(LUA),
+        str(target.lua),
         target.url,
     ]
     env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_KEY": target.key}
@@ -156,6 +161,7 @@ def wrk(target: Target, duration_s: float, connections: int, core: int, threads:
         "cpu_us_per_req": (cpu_after - cpu_before) / requests * 1e6 if requests and pid else None,
         "server_cpu_pct": 100 * (cpu_after - cpu_before) / wall if pid else None,
         "foreign_cpu_pct": max(0.0, 100 * foreign / wall),
+        **({"cache": raw["cache"]} if "cache" in raw else {}),
     }
 
 
@@ -196,6 +202,11 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
         out[key] = statistics.median(values) if values else None
     for key in ("requests", "non_2xx", "socket_errors"):
         out[key] = sum(r[key] for r in runs)
+    if any("cache" in r for r in runs):
+        out["cache"] = {
+            k: sum(r.get("cache", {}).get(k, 0) for r in runs)
+            for k in ("hit", "semantic_hit", "miss_or_bypass", "no_header")
+        }
     out["foreign_cpu_pct_max"] = max((r.get("foreign_cpu_pct", 0.0) for r in runs), default=0.0)
     return out
 
@@ -398,12 +409,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reinstall-litellm", action="store_true", help="recreate its venv first")
     p.add_argument("--server-core", type=int, default=0, help="core for the server under test")
     p.add_argument("--load-core", type=int, default=1, help="core for the mock and wrk")
+    p.add_argument(
+        "--phase-duration",
+        type=float,
+        default=3.0,
+        help="seconds per wrk run in the stage and telemetry phases",
+    )
+    p.add_argument("--cache-requests", type=int, default=1000, help="timed exact cache hits")
+    p.add_argument("--skip-retrieval", action="store_true", help="leave out retrieval latency and ingestion")
     p.add_argument("--no-commit-copy", action="store_true", help="do not copy the table to bench/RESULTS.md")
     args = p.parse_args(argv)
     if args.quick:
         args.runs, args.duration, args.warmup = 1, 3.0, 1.0
         args.ttfb_requests, args.mem_requests, args.profile_seconds = 150, 10_000, 5.0
-        args.wait_quiet = 0.0
+        args.wait_quiet, args.phase_duration, args.cache_requests = 0.0, 2.0, 200
     return args
 
 
@@ -424,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         for server in reversed(servers):
             rc = server.stop()
             report.setdefault("exit_codes", {})[server.name] = rc
+    if not args.skip_retrieval:
+        retrieval_phase(args, report)  # after every server stopped: it uses both cores
     report["wall_s"] = round(time.monotonic() - started, 1)
     report["logs"] = scan_logs(servers)
     write_outputs(args, report)
@@ -734,12 +755,417 @@ def run_suite(args: argparse.Namespace, servers: list[Server], report: dict[str,
     )
     report["memory"] = memory
 
+    # Chain stages, telemetry and cache hits, each on gateways of their own.
+    stage_and_telemetry_phases(args, servers, report, (mock_fast_port, mock_slow_port), gw_cmd, gw_src)
+
     # Profile last, so py-spy's sampling cannot disturb any number above.
     if args.profile:
         report["profile"] = profile_gateway(gw, args, lc)
 
     report["targets"] = {t.name: {"label": t.label, "error": t.error} for t in targets}
     report["gateway_alive_at_end"] = gateway.alive()
+
+
+# -- chain stages, telemetry and cache hits (separate gateways) -----------------------------------
+
+# Tenants of the stage-overhead gateway: one stage each, then several together. Limits are far
+# out of reach so nothing is rejected; the cache tenants get a new question per request (misses).
+VERY_HIGH = {
+    "rate_limit": {"enabled": True, "rpm": 1_000_000_000, "tpm": 1_000_000_000_000},
+    "budget": {"enabled": True, "daily_usd": 1_000_000_000},
+}
+STAGE_TENANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "off": ("chain off (auth + routing only)", {}),
+    "rate_limit": ("rate_limit", {"rate_limit": VERY_HIGH["rate_limit"]}),
+    "budget": ("budget", {"budget": VERY_HIGH["budget"]}),
+    "input_guardrails": ("input_guardrails (defaults)", {"input_guardrails": {"enabled": True}}),
+    "output_guardrails": ("output_guardrails (defaults)", {"output_guardrails": {"enabled": True}}),
+    "cache": ("cache miss (exact + semantic: embeds the question)", {"cache": {"enabled": True}}),
+    "cache_exact": ("cache miss (exact only)", {"cache": {"enabled": True, "semantic": False}}),
+    "limits": ("rate_limit + budget", dict(VERY_HIGH)),
+    "all": (
+        "all five together",
+        {
+            **VERY_HIGH,
+            "input_guardrails": {"enabled": True},
+            "output_guardrails": {"enabled": True},
+            "cache": {"enabled": True},
+        },
+    ),
+}
+REDIS_TENANTS = ("off", "rate_limit", "budget", "limits")
+REDIS_URL = "redis://127.0.0.1:6379/13"
+CACHED_QUESTION = "What is the speed limit in Zone B?"
+# MiniLM cosine to CACHED_QUESTION between 0.987 and 0.997 (>= the default threshold 0.98), and no
+# case-only variants, which the uncased model maps to the very same vector.
+PARAPHRASES = [
+    "What is the speed limit for Zone B?",
+    "What's the speed limit in Zone B?",
+    "What is the speed-limit in Zone B?",
+    "What is the speed limit within Zone B?",
+    "What is the speed limit inside Zone B?",
+    "What is the speed limit of Zone B?",
+    "What is the speed limit at Zone B?",
+    "What is the speed limit in the Zone B?",
+    "What is the speed limit in Zone B, please?",
+    "Whats the speed limit in Zone B?",
+    "What is the speed limit on Zone B?",
+    "What is the speed limit in Zone B??",
+]
+
+
+def write_policies(folder: Path, tenants: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """One policy file per tenant (sections as given), each with a fresh key; returns tenant -> key."""
+    from gateway.policy import hash_key
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.yaml"):
+        old.unlink()
+    (folder / "_default.yaml").write_text("models: [bench, bench-slow]\nlog_content: false\n")
+    keys = {}
+    for tenant, sections in tenants.items():
+        keys[tenant] = "sk-bench-" + os.urandom(12).hex()
+        policy = {"tenant": tenant, "api_keys": [hash_key(keys[tenant])], **sections}
+        (folder / f"{tenant}.yaml").write_text(json.dumps(policy) + "\n")  # JSON is YAML
+    return keys
+
+
+def write_variant_config(
+    name: str, port: int, mock_fast: int, mock_slow: int, policies: Path, extra: str
+) -> Path:
+    config = TMP / f"gateway-{name}.yaml"
+    config.write_text(
+        f"""# written by bench/run.py ({name})
+server: {{host: 127.0.0.1, port: {port}}}
+policies_dir: {policies.name}
+models:
+  - name: bench
+    deployments:
+      - {{provider: openai_compatible, model: {UPSTREAM_MODEL}, api_base: "http://127.0.0.1:{mock_fast}/v1"}}
+  - name: bench-slow
+    deployments:
+      - {{provider: openai_compatible, model: {UPSTREAM_MODEL}, api_base: "http://127.0.0.1:{mock_slow}/v1"}}
+pricing:
+  bench: {{input_per_1k: 0.001, output_per_1k: 0.002}}
+  bench-slow: {{input_per_1k: 0.001, output_per_1k: 0.002}}
+{extra}"""
+    )
+    return config
+
+
+def gateway_server(
+    name: str, config: Path, args: argparse.Namespace, gw_cmd: list[str], gw_src: Path
+) -> Server:
+    port = int(re.search(r"port: (\d+)", config.read_text()).group(1))  # type: ignore[union-attr]
+    return Server(
+        name,
+        [*gw_cmd, "serve", "--config", str(config), "--port", str(port), "--workers", "1", "--log-level",
+         "warning"],
+        port, LOGS, args.server_core, ready_path="/healthz", cwd=gw_src,
+        env={"PYTHONPATH": str(gw_src)} if args.gateway_src else None,
+    )  # fmt: skip
+
+
+def ensure_redis() -> tuple[bool, str | None]:
+    """(started by us, problem): start a throwaway redis-server when none answers, as .ci/run does."""
+    ping = ["redis-cli", "-h", "127.0.0.1", "-p", "6379", "ping"]
+
+    def answers() -> bool:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            return subprocess.run(ping, capture_output=True, text=True, timeout=5).stdout.strip() == "PONG"
+        return False
+
+    if answers():
+        return False, None
+    if shutil.which("redis-server") is None:
+        return False, "redis-server is not installed (apt-get install -y redis-server)"
+    subprocess.run(
+        ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379", "--save", "",
+         "--appendonly", "no"],
+        capture_output=True, timeout=30,
+    )  # fmt: skip
+    for _ in range(50):
+        if answers():
+            return True, None
+        time.sleep(0.1)
+    return False, "redis-server did not answer after start"
+
+
+def interleaved(
+    targets: list[Target], levels: list[tuple[int, float]], runs: int, core: int, what: str
+) -> dict[str, dict[str, Any]]:
+    """runs x levels x targets wrk runs, targets rotated each run; medians per level and target."""
+    raw: dict[int, dict[str, list[dict[str, Any]]]] = {c: {t.name: [] for t in targets} for c, _ in levels}
+    for run in range(runs):
+        order = targets[run % len(targets) :] + targets[: run % len(targets)]
+        for clients, seconds in levels:
+            for t in order:
+                result = wrk(t, seconds, clients, core)
+                raw[clients][t.name].append(result)
+                log(
+                    f"{what} run {run + 1}/{runs} {clients} clients {t.label}: {result['rps']:.0f} req/s, "
+                    f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
+                    f"CPU {result['cpu_us_per_req'] or 0:.0f} µs/req"
+                )
+    return {
+        str(c): {name: {"median": median_of(rs), "runs": rs} for name, rs in by.items()}
+        for c, by in raw.items()
+    }
+
+
+def stage_and_telemetry_phases(
+    args: argparse.Namespace,
+    servers: list[Server],
+    report: dict[str, Any],
+    ports: tuple[int, int],
+    gw_cmd: list[str],
+    gw_src: Path,
+) -> None:
+    """Chain-stage overhead (memory and Redis state), telemetry overhead and cache-hit latency."""
+    lc = args.load_core
+    mock_fast, mock_slow = ports
+    redis_started, redis_problem = ensure_redis()
+    if redis_started:
+        report["notes"].append("redis-server was not running; the suite started one on 127.0.0.1:6379")
+    if redis_problem:
+        report["notes"].append(f"Redis mode not measured: {redis_problem}")
+    else:
+        subprocess.run(["redis-cli", "-n", "13", "flushdb"], capture_output=True, timeout=30)
+
+    # Memory state, every stage tenant plus the cache-hit tenant; retrieval on so the semantic cache
+    # has its embedder (a tenant with the semantic cache would load it anyway).
+    stage_keys = write_policies(
+        TMP / "policies-stages",
+        {**{f"st-{k}": v for k, (_, v) in STAGE_TENANTS.items()}, "cachehit": {"cache": {"enabled": True}}},
+    )
+    variants: dict[str, tuple[Path, dict[str, str]]] = {
+        "stages": (
+            write_variant_config(
+                "stages", free_port(), mock_fast, mock_slow, TMP / "policies-stages",
+                "state: memory\nretrieval: {enabled: true}\n",
+            ),
+            stage_keys,
+        ),
+    }  # fmt: skip
+    if not redis_problem:
+        redis_keys = write_policies(
+            TMP / "policies-redis", {f"rd-{k}": STAGE_TENANTS[k][1] for k in REDIS_TENANTS}
+        )
+        variants["redis"] = (
+            write_variant_config(
+                "redis", free_port(), mock_fast, mock_slow, TMP / "policies-redis",
+                f"state: {REDIS_URL}\nretrieval: {{enabled: false}}\n",
+            ),
+            redis_keys,
+        )  # fmt: skip
+    tel_keys = write_policies(TMP / "policies-telemetry", {"bench": {}})
+    request_log = TMP / "telemetry-request-log.jsonl"
+    request_log.unlink(missing_ok=True)
+    dead = free_port()  # nothing listens here: the collector is down
+    on = f"  request_log: {{enabled: true, path: {request_log}}}\n  metrics: true\n"
+    telemetry = {
+        "tel-off": "  traces: false\n  metrics: false\n  request_log: {enabled: false}\n",
+        "tel-on": f"  traces: true\n  otlp_endpoint: http://127.0.0.1:{dead}\n"
+        f"  otlp_protocol: http/protobuf\n{on}",
+        "tel-on-no-traces": f"  traces: false\n{on}",
+    }
+    for name, block in telemetry.items():
+        variants[name] = (
+            write_variant_config(
+                name, free_port(), mock_fast, mock_slow, TMP / "policies-telemetry",
+                f"state: memory\nretrieval: {{enabled: false}}\ntelemetry:\n{block}",
+            ),
+            tel_keys,
+        )  # fmt: skip
+    started: dict[str, Server] = {}
+    for name, (config, _) in variants.items():
+        server = gateway_server(f"rag-gateway-{name}", config, args, gw_cmd, gw_src)
+        servers.append(server)
+        server.start()
+        started[name] = server
+    for name, server in list(started.items()):
+        try:
+            server.wait_ready(120)
+        except RuntimeError as exc:
+            report["notes"].append(f"gateway variant {name} did not start: {exc}\n{server.log_tail(5)}")
+            del started[name]
+    time.sleep(1.0)
+
+    def tgt(variant: str, tenant: str, label: str, model: str, lua: Path = LUA) -> Target:
+        server = started[variant]
+        return Target(f"{variant}:{tenant}", label, server.base, model, variants[variant][1][tenant], server,
+                      lua=lua)  # fmt: skip
+
+    # 1. Stage overhead, upstream at zero latency: every tenant sends a new question per request.
+    targets: list[Target] = []
+    if "stages" in started:
+        targets = [
+            tgt("stages", f"st-{k}", label, "bench", LUA_UNIQUE) for k, (label, _) in STAGE_TENANTS.items()
+        ]
+        if "redis" in started:
+            targets += [
+                tgt("redis", f"rd-{k}", f"Redis: {STAGE_TENANTS[k][0]}", "bench", LUA_UNIQUE)
+                for k in REDIS_TENANTS
+            ]
+        for t in targets:
+            t.error = validate(t)
+        bad = [t for t in targets if t.error]
+        for t in bad:
+            report["notes"].append(f"stage phase: {t.label} not measured: {t.error}")
+            log(f"stage phase: {t.label} not measured: {t.error}")
+        targets = [t for t in targets if not t.error]
+    if "stages" in started and targets:
+        log(f"stage overhead: {len(targets)} tenants, warm-up")
+        for t in targets:
+            wrk(t, min(args.warmup, 1.0), args.connections, lc)
+        levels = [(args.connections, args.phase_duration), (1, max(2.0, args.phase_duration / 2))]
+        report["stages"] = {
+            "state": {"memory": "memory", "redis": REDIS_URL if "redis" in started else None},
+            "labels": {t.name: t.label for t in targets},
+            "levels": interleaved(targets, levels, args.runs, lc, "stages"),
+            "seconds": {str(c): d for c, d in levels},
+        }
+
+    # 2. Telemetry overhead with the 50 ms mock.
+    tel = [
+        tgt(name, "bench", label, "bench-slow")
+        for name, label in (
+            ("tel-off", "telemetry off"),
+            ("tel-on", "telemetry on (request log file, metrics, OTLP/HTTP to a dead collector)"),
+            ("tel-on-no-traces", "request log file + metrics, tracing off"),
+        )
+        if name in started
+    ]
+    tel = [t for t in tel if validate(t) is None]
+    if tel:
+        log("telemetry overhead, 50 ms upstream")
+        for t in tel:
+            wrk(t, min(args.warmup, 1.0), args.connections, lc)
+        levels = sorted({args.connections, 1}, reverse=True)
+        # At 1 client and 50 ms a run has ~20 requests a second: give the p50 enough of them.
+        tel_seconds = args.phase_duration if args.quick else max(4.0, args.phase_duration)
+        report["telemetry"] = {
+            "labels": {t.name: t.label for t in tel},
+            "dead_collector": f"http://127.0.0.1:{dead}",
+            "upstream_latency_ms": args.latency_ms,
+            "levels": interleaved(tel, [(c, tel_seconds) for c in levels], args.runs, lc, "telemetry"),
+            "seconds": tel_seconds,
+            "request_log_lines": sum(1 for _ in request_log.open()) if request_log.exists() else 0,
+        }
+
+    # 3. Cache hits end to end, one client, sequential keep-alive requests.
+    if "stages" in started:
+        affinity = os.sched_getaffinity(0)
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {lc})
+        try:
+            report["cache_hits"] = cache_hit_latency(started["stages"], stage_keys["cachehit"], args)
+        finally:
+            os.sched_setaffinity(0, affinity)
+
+    for name, server in started.items():
+        report.setdefault("variant_rss_mb", {})[name] = rss_mb(server.pid)
+    if redis_started:
+        subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True, timeout=30)
+
+
+def cache_hit_latency(server: Server, key: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Warm one exact request, then time identical ones (exact hits) and paraphrases (semantic hits)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+
+    def ask(question: str) -> tuple[float, int, str, str]:
+        body = json.dumps(
+            {
+                "model": "bench",
+                "messages": [MESSAGES[0], {"role": "user", "content": question}],
+                "max_tokens": 16,
+            }
+        ).encode()
+        start = time.perf_counter()
+        conn.request("POST", "/v1/chat/completions", body, headers)
+        response = conn.getresponse()
+        response.read()
+        elapsed = (time.perf_counter() - start) * 1000
+        return (
+            elapsed,
+            response.status,
+            response.getheader("x-gateway-cache") or "",
+            response.getheader("x-gateway-cache-similarity") or "",
+        )
+
+    def series(questions: list[str], want: str) -> dict[str, Any]:
+        times, other, sims = [], {}, []
+        for q in questions:
+            elapsed, status, outcome, sim = ask(q)
+            if status == 200 and outcome == want:
+                times.append(elapsed)
+                if sim:
+                    sims.append(float(sim))
+            else:
+                other[f"{status} {outcome or 'no header'}"] = (
+                    other.get(f"{status} {outcome or 'no header'}", 0) + 1
+                )
+        times.sort()
+        return {
+            "requests": len(questions),
+            "hits": len(times),
+            "not_hits": other,
+            "p50_ms": percentile(times, 50) if times else None,
+            "p90_ms": percentile(times, 90) if times else None,
+            "p99_ms": percentile(times, 99) if times else None,
+            "similarity_min": min(sims) if sims else None,
+        }
+
+    # The answer is stored off the response path: ask until the next identical request is a hit.
+    first = ask(CACHED_QUESTION)
+    for _ in range(50):
+        time.sleep(0.1)
+        if ask(CACHED_QUESTION)[2] == "hit":
+            break
+    n = args.cache_requests
+    for _ in range(20):  # warm-up, not recorded
+        ask(CACHED_QUESTION)
+    exact = series([CACHED_QUESTION] * n, "hit")
+    for q in PARAPHRASES[:3]:
+        ask(q)
+    m = max(len(PARAPHRASES), n // 4)
+    semantic = series([PARAPHRASES[i % len(PARAPHRASES)] for i in range(m)], "semantic-hit")
+    conn.close()
+    log(
+        f"cache hits: exact p50 {exact['p50_ms']} ms ({exact['hits']}/{n}), "
+        f"semantic p50 {semantic['p50_ms']} ms ({semantic['hits']}/{m})"
+    )
+    return {
+        "cached_question": CACHED_QUESTION,
+        "first_request": {"ms": first[0], "status": first[1], "cache": first[2]},
+        "exact": exact,
+        "semantic": semantic,
+        "paraphrases": PARAPHRASES,
+        "similarity_threshold": 0.98,
+    }
+
+
+def retrieval_phase(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """bench/retrieval_perf.py in its own process (its RSS is the retrieval work's alone)."""
+    out = TMP / "retrieval-perf.json"
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, str(BENCH / "retrieval_perf.py"), "--json-out", str(out)]
+    if args.quick:
+        cmd += ["--sizes", "1000", "--queries", "50", "--files", "60"]
+    log("retrieval latency and ingestion: " + " ".join(cmd[1:]))
+    with (LOGS / "retrieval-perf.log").open("wb") as errlog:
+        try:
+            done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=errlog, timeout=2400, cwd=ROOT)
+            rc = done.returncode
+        except subprocess.TimeoutExpired:
+            rc = -1
+    if rc != 0 or not out.exists():
+        report["retrieval"] = {
+            "error": f"retrieval_perf.py exited {rc}; see bench/results/logs/retrieval-perf.log"
+        }
+        return
+    report["retrieval"] = json.loads(out.read_text())
 
 
 def idle_rss_without_retrieval(
