@@ -23,6 +23,7 @@ from gateway.errors import GatewayError
 from gateway.request_log import entry_for
 from gateway.response import GatewayResponse
 from gateway.sse import error_event
+from gateway.telemetry import usage_attributes
 from gateway.upstreams.openai_http import StreamInterrupted
 from gateway.validation import parse_json_object, validate_chat, validate_embeddings
 from middleware.auth import authenticate, check_model
@@ -95,17 +96,6 @@ def _usage_of(response: GatewayResponse) -> dict[str, Any] | None:
     except ValueError:  # not JSON: nothing to count
         return None
     return usage if isinstance(usage, dict) else None
-
-
-def usage_attributes(usage: dict[str, Any]) -> dict[str, int]:
-    attributes = {}
-    for attribute, key in (
-        ("gen_ai.usage.input_tokens", "prompt_tokens"),
-        ("gen_ai.usage.output_tokens", "completion_tokens"),
-    ):
-        if isinstance(usage.get(key), int):
-            attributes[attribute] = usage[key]
-    return attributes
 
 
 class ClientGone(Exception):

@@ -76,4 +76,16 @@ def scalar_attributes(prefix: str, detail: dict[str, Any] | None) -> dict[str, A
     return attributes
 
 
-__all__ = ["Tracing", "scalar_attributes", "setup_tracing", "trace"]
+def usage_attributes(usage: dict[str, Any]) -> dict[str, int]:
+    """GenAI token-usage span attributes from an OpenAI `usage` object."""
+    attributes = {}
+    for attribute, key in (
+        ("gen_ai.usage.input_tokens", "prompt_tokens"),
+        ("gen_ai.usage.output_tokens", "completion_tokens"),
+    ):
+        if isinstance(usage.get(key), int):
+            attributes[attribute] = usage[key]
+    return attributes
+
+
+__all__ = ["Tracing", "scalar_attributes", "setup_tracing", "trace", "usage_attributes"]

@@ -25,7 +25,7 @@ from gateway.config import LOCAL_PROVIDER, DeploymentConfig, GatewayConfig, Mode
 from gateway.context import Attempt, RequestContext
 from gateway.errors import GatewayError
 from gateway.response import GatewayResponse
-from gateway.telemetry import Tracing
+from gateway.telemetry import Tracing, usage_attributes
 from gateway.upstreams.base import UpstreamClient, UpstreamFailure
 
 log = logging.getLogger("rag_gateway.router")
@@ -77,7 +77,8 @@ class Router:
         self._models = {m.name: m for m in config.models}
         self._settings: RouterConfig = config.router
         self._clients = clients
-        self._breakers: dict[int, Breaker] = {}
+        # One breaker per deployment, made once: the lookup runs on every request.
+        self._breakers: dict[int, Breaker] = {id(d): Breaker() for m in config.models for d in m.deployments}
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -90,7 +91,7 @@ class Router:
         return self._clients["openai" if deployment.fast_path else "litellm"]
 
     def breaker(self, deployment: DeploymentConfig) -> Breaker:
-        return self._breakers.setdefault(id(deployment), Breaker())
+        return self._breakers[id(deployment)]
 
     def health(self) -> list[dict[str, Any]]:
         now = self._clock()
@@ -207,13 +208,9 @@ class Router:
             reasons = [c.get("finish_reason") for c in data.get("choices") or [] if isinstance(c, dict)]
             if reasons and all(isinstance(r, str) for r in reasons):
                 span.set_attribute("gen_ai.response.finish_reasons", reasons)
-            usage = data.get("usage") or {}
-            for attribute, key in (
-                ("gen_ai.usage.input_tokens", "prompt_tokens"),
-                ("gen_ai.usage.output_tokens", "completion_tokens"),
-            ):
-                if isinstance(usage.get(key), int):
-                    span.set_attribute(attribute, usage[key])
+            usage = data.get("usage")
+            if isinstance(usage, dict):
+                span.set_attributes(usage_attributes(usage))
         else:
             span.set_attribute("gateway.streaming", response.stream is not None)
         span.end()
