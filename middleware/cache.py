@@ -3,7 +3,10 @@
 Sits after the input guardrails and before retrieval, so a hit skips retrieval and the model.
 1. exact: the same request (canonicalised) for the same tenant, model and corpus version;
 2. semantic: the last user turn, embedded, against the tenant's entries in the same scope (model,
-   system prompt, earlier turns, parameters), served when cosine >= similarity_threshold.
+   system prompt, earlier turns, parameters), served when cosine >= similarity_threshold and (with
+   verify_paraphrase, the default) the cached question passes gateway.cache.paraphrase: same kind
+   of question, numbers, negation, people and content words. The few most similar entries are
+   tried in order, so a near-miss that fails the check does not hide a true paraphrase behind it.
 Hits come back in the request's own format (a stream is replayed as SSE) with
 `x-gateway-cache: hit | semantic-hit`, else `miss` or `bypass`, and `x-gateway-cache-similarity`
 when a semantic candidate was compared.
@@ -36,6 +39,7 @@ from gateway.cache.entry import (
     replay_stream,
 )
 from gateway.cache.keys import RequestKeys, cache_control, request_keys, uncacheable_reason
+from gateway.cache.paraphrase import QuestionShape, mismatch, question_shape
 from gateway.cache.settings import CachePolicy
 from gateway.cache.store import CacheStore, CacheUnavailable, Limits
 from gateway.chain import Handler
@@ -49,6 +53,8 @@ from gateway.services import Services
 NAME = "cache"
 HEADER = "x-gateway-cache"
 SIMILARITY_HEADER = "x-gateway-cache-similarity"
+# Entries above the threshold that are checked against the question before giving up.
+CANDIDATES = 4
 log = logging.getLogger("rag_gateway.cache")
 
 
@@ -130,19 +136,32 @@ class CacheStage:
             if answer is not None:
                 return self._replay(ctx, answer, "hit", keys.exact)
         vector = await self._embed(keys.query) if self.embedder is not None and keys.query else None
-        similarity = None
-        if vector is not None:
+        similarity = rejected = None
+        if vector is not None and keys.query:
             match = await self.store.search(
-                ctx.tenant, keys.scope, vector, self.settings.similarity_threshold, self.limits
+                ctx.tenant, keys.scope, vector, self.settings.similarity_threshold, self.limits, CANDIDATES
             )
             similarity = match.similarity
             if similarity is not None:
                 ctx.response_headers[SIMILARITY_HEADER] = f"{similarity:.4f}"
-            answer = self._valid(match.payload, ctx, keys)
-            if answer is not None and match.key is not None:
-                return self._replay(ctx, answer, "semantic-hit", match.key, similarity)
+            shape: QuestionShape | None = None
+            for candidate in match.candidates:
+                answer = self._valid(candidate.payload, ctx, keys)
+                if answer is None:
+                    continue
+                if self.settings.verify_paraphrase:
+                    if answer.question is None:
+                        rejected = rejected or "cached answer has no question to compare"
+                        continue
+                    shape = shape or question_shape(keys.query)
+                    reason = mismatch(question_shape(answer.question), shape)
+                    if reason is not None:
+                        rejected = rejected or reason
+                        continue
+                ctx.response_headers[SIMILARITY_HEADER] = f"{candidate.similarity:.4f}"
+                return self._replay(ctx, answer, "semantic-hit", candidate.key, candidate.similarity)
         ctx.response_headers[HEADER] = "miss"
-        ctx.decide(NAME, "miss", key=keys.exact[:16], similarity=_rounded(similarity))
+        ctx.decide(NAME, "miss", key=keys.exact[:16], similarity=_rounded(similarity), rejected=rejected)
         return vector
 
     async def _embed(self, text: str) -> np.ndarray | None:
@@ -211,6 +230,7 @@ class CacheStage:
         if answer is None:
             return
         answer.headers = {h: ctx.response_headers[h] for h in REPLAYED_HEADERS if h in ctx.response_headers}
+        answer.question = keys.query
         # Only a plain answer to a plain question may serve paraphrases (see the module docstring).
         semantic = (
             vector is not None and not answer.has_tool_calls and "x-gateway-refused" not in answer.headers

@@ -37,6 +37,8 @@ class CachedAnswer:
     citations: list[Any] | None = None
     usage: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # The last user turn it answered: a paraphrase is checked against it before being served.
+    question: str | None = None
 
     def encode(self) -> bytes:
         return orjson.dumps(
@@ -51,6 +53,7 @@ class CachedAnswer:
                 "citations": self.citations,
                 "usage": self.usage,
                 "headers": self.headers,
+                "question": self.question,
             }
         )
 
@@ -71,6 +74,7 @@ class CachedAnswer:
                 citations=d.get("citations"),
                 usage=d.get("usage"),
                 headers=dict(d.get("headers") or {}),
+                question=d.get("question") if isinstance(d.get("question"), str) else None,
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             return None

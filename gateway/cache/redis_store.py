@@ -31,7 +31,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from gateway.cache.store import CacheUnavailable, Limits, SemanticMatch
+from gateway.cache.store import CacheUnavailable, Candidate, Limits, SemanticMatch
 from gateway.cache.vectors import VectorIndex
 
 log = logging.getLogger("rag_gateway.cache")
@@ -121,22 +121,26 @@ class RedisCacheStore:
             raise self._failed(exc) from exc
 
     async def search(
-        self, tenant: str, scope: str, vector: np.ndarray, threshold: float, limits: Limits
+        self, tenant: str, scope: str, vector: np.ndarray, threshold: float, limits: Limits, k: int = 1
     ) -> SemanticMatch:
         self._check_up()
         try:
             replica = await self._sync(tenant, limits.max_entries)
-            nearest = replica.index.nearest(scope, vector, time.time())
-            if nearest is None:
+            nearest = replica.index.nearest(scope, vector, time.time(), k)
+            if not nearest:
                 return SemanticMatch(None)
-            if nearest.similarity < threshold:
-                return SemanticMatch(nearest.similarity)
-            payload = await self._client.get(_keys(tenant)[0] + nearest.entry_id)
+            above = [found for found in nearest if found.similarity >= threshold]
+            keys = [_keys(tenant)[0] + found.entry_id for found in above]
+            payloads = await self._client.mget(keys) if keys else []
         except (RedisError, OSError) as exc:
             raise self._failed(exc) from exc
-        if payload is None:  # expired or evicted in Redis: forget it here as well
-            replica.index.remove(nearest.entry_id)
-        return SemanticMatch(nearest.similarity, nearest.entry_id, payload)
+        candidates = []
+        for found, payload in zip(above, payloads, strict=True):
+            if payload is None:  # expired or evicted in Redis: forget it here as well
+                replica.index.remove(found.entry_id)
+            else:
+                candidates.append(Candidate(found.entry_id, found.similarity, payload))
+        return SemanticMatch(nearest[0].similarity, tuple(candidates))
 
     async def _sync(self, tenant: str, capacity: int) -> _Replica:
         replica = self._replicas.get(tenant)

@@ -23,10 +23,17 @@ class CacheUnavailable(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Candidate:
+    key: str
+    similarity: float
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class SemanticMatch:
     similarity: float | None  # of the nearest entry in the scope, None when the scope is empty
-    key: str | None = None
-    payload: bytes | None = None  # set only when similarity >= the threshold and the answer is live
+    # The live answers at or above the threshold, most similar first (at most `k`).
+    candidates: tuple[Candidate, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +48,7 @@ class CacheStore(Protocol):
     async def get(self, tenant: str, key: str) -> bytes | None: ...
 
     async def search(
-        self, tenant: str, scope: str, vector: np.ndarray, threshold: float, limits: Limits
+        self, tenant: str, scope: str, vector: np.ndarray, threshold: float, limits: Limits, k: int = 1
     ) -> SemanticMatch: ...
 
     async def put(
@@ -82,19 +89,23 @@ class MemoryCacheStore:
         return found[1]
 
     async def search(
-        self, tenant: str, scope: str, vector: np.ndarray, threshold: float, limits: Limits
+        self, tenant: str, scope: str, vector: np.ndarray, threshold: float, limits: Limits, k: int = 1
     ) -> SemanticMatch:
         index = self._indexes.get(tenant)
-        nearest = index.nearest(scope, vector, self._now()) if index is not None else None
-        if nearest is None:
+        nearest = index.nearest(scope, vector, self._now(), k) if index is not None else []
+        if not nearest:
             return SemanticMatch(None)
-        if nearest.similarity < threshold:
-            return SemanticMatch(nearest.similarity)
-        payload = await self.get(tenant, nearest.entry_id)
-        if payload is None:  # evicted from the answers: drop it from the index too
-            assert index is not None
-            index.remove(nearest.entry_id)
-        return SemanticMatch(nearest.similarity, nearest.entry_id, payload)
+        assert index is not None
+        candidates = []
+        for found in nearest:
+            if found.similarity < threshold:
+                break
+            payload = await self.get(tenant, found.entry_id)
+            if payload is None:  # evicted from the answers: drop it from the index too
+                index.remove(found.entry_id)
+            else:
+                candidates.append(Candidate(found.entry_id, found.similarity, payload))
+        return SemanticMatch(nearest[0].similarity, tuple(candidates))
 
     async def put(
         self,

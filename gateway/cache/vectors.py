@@ -76,15 +76,22 @@ class VectorIndex:
             self._ids[slot] = None
             self._expires[slot] = 0.0
 
-    def nearest(self, scope_hex: str, vector: np.ndarray, now: float) -> Nearest | None:
-        """The most similar live entry of the scope, whatever its similarity; None if it has none."""
+    def nearest(self, scope_hex: str, vector: np.ndarray, now: float, k: int = 1) -> list[Nearest]:
+        """The k most similar live entries of the scope, most similar first, whatever their similarity."""
         if self._vectors is None:
-            return None
+            return []
         n = min(self._added, self.capacity)
         live = (self._scopes[:n] == scope_code(scope_hex)) & (self._expires[:n] > now)
-        if not live.any():
-            return None
+        count = int(live.sum())
+        if count == 0:
+            return []
         sims = np.where(live, self._vectors[:n] @ vector, -2.0)
-        best = int(sims.argmax())
-        entry_id = self._ids[best]
-        return Nearest(entry_id, float(sims[best])) if entry_id is not None else None
+        k = min(k, count)
+        top = np.argpartition(-sims, k - 1)[:k] if k < n else np.arange(n)
+        top = top[np.argsort(-sims[top], kind="stable")][:k]
+        found = []
+        for slot in top.tolist():
+            entry_id = self._ids[slot]
+            if entry_id is not None:
+                found.append(Nearest(entry_id, float(sims[slot])))
+        return found
