@@ -11,15 +11,17 @@
   it lands this script makes the cache the demo tenant's only stage by replacing
   `gateway.app.build_stages` (the gateway's request log goes to stdout; results go to stderr).
 
-Exact hits repeat one cached question. Semantic hits look up GPTCache's 999 ChatGPT paraphrases
-(../shared/data/gptcache-qqp/mock_data.json) against their cached originals: every lookup embeds
-a new text on CPU, and only lookups that were served as semantic hits are counted.
+Exact hits repeat one cached question. Semantic hits look up Quora duplicates
+(../shared/data/gptcache-qqp/qqp_pairs.jsonl.gz: label-1 pairs whose wording passes the cache's
+paraphrase check, so most are served) against their cached first questions: every lookup embeds a
+new text on CPU, and only lookups that were served as semantic hits are counted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import statistics
 import sys
@@ -34,6 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from gateway.cache.paraphrase import mismatch, question_shape  # noqa: E402
 from gateway.cache.settings import CachePolicy  # noqa: E402
 from gateway.cache.store import CacheStore, make_cache_store  # noqa: E402
 from gateway.context import RequestContext  # noqa: E402
@@ -42,7 +45,7 @@ from gateway.response import GatewayResponse  # noqa: E402
 from gateway.retrieval.embedder import Embedder, LocalMiniLMEmbedder  # noqa: E402
 from middleware.cache import CacheStage  # noqa: E402
 
-PAIRS = ROOT.parent / "shared" / "data" / "gptcache-qqp" / "mock_data.json"
+PAIRS = ROOT.parent / "shared" / "data" / "gptcache-qqp" / "qqp_pairs.jsonl.gz"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -116,6 +119,20 @@ async def stage_bench(store: CacheStore, embedder: Embedder, pairs: list[dict[st
     await stage.drain()
     report(summary(f"stage/{store.name} exact hit", exact))
     report(summary(f"stage/{store.name} semantic hit (+embed)", semantic))
+
+
+def load_pairs(n: int) -> list[dict[str, str]]:
+    """The first n duplicate pairs whose wording passes the paraphrase check, as origin/similar."""
+    pairs: list[dict[str, str]] = []
+    with gzip.open(PAIRS, "rt", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            a, b = row["text_a"], row["text_b"]
+            if row["label"] == 1 and a != b and mismatch(question_shape(a), question_shape(b)) is None:
+                pairs.append({"origin": a, "similar": b})
+                if len(pairs) == n:
+                    break
+    return pairs
 
 
 def embed_only(embedder: Embedder, pairs: list[dict[str, str]]) -> None:
@@ -197,7 +214,7 @@ def main() -> None:
     parser.add_argument("--no-http", action="store_true")
     args = parser.parse_args()
 
-    pairs = json.loads(PAIRS.read_text(encoding="utf-8"))[: args.pairs]
+    pairs = load_pairs(args.pairs)
     # One intra-op thread: a single short query gains nothing from two, and the event loop needs a core.
     embedder = LocalMiniLMEmbedder(intra_op_threads=1)
     embedder.embed(["warm up"])
