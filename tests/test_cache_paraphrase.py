@@ -39,6 +39,7 @@ def differs(a: str, b: str) -> str | None:
         ("Why isn't my order shipped?", "Why is my order not shipped?"),
         ("What's the speed limit in Zone B?", "What is the speed limit within Zone B?"),
         ("I'm locked out, what should I do?", "I am locked out, what should I do?"),
+        ("How to reset a password?", "How do I reset my password?"),
     ],
 )
 def test_rewordings_that_keep_the_details_pass(cached: str, new: str) -> None:
@@ -69,7 +70,8 @@ def test_rewordings_that_keep_the_details_pass(cached: str, new: str) -> None:
         ("Can Islam be reformed?", "How can Islam be reformed?", "question type differs"),
         ("Can I commit suicide?", "Should I commit suicide?", "question type differs"),
         ("How do I cancel my plan?", "How much does it cost to cancel my plan?", "question type differs"),
-        ("What do you think of Delhi?", "What do we think of Delhi?", "person differs"),
+        ("What do you think of Delhi?", "What do we think of Delhi?", "addressee differs"),
+        ("How do you reset the router?", "How do I reset the router?", "addressee differs"),
         (
             "What is a good rehab center in Marshall County AL?",
             "What is a good rehab center in Washington County AL?",
