@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,43 @@ from middleware.auth import presented_key
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
+
+log = logging.getLogger("rag_gateway.admin")
+
+
+async def store_failure(gateway: Gateway, action: str, exc: Exception) -> Response:
+    """The answer to an ingest or reindex that raised: 503 when the vector store is away, else 500.
+
+    Either way the tenant's previous corpus stays live: writes go to a new generation that only
+    becomes visible once complete.
+    """
+    probe = gateway.services.extras.get("readiness", {}).get("vector_store")
+    try:
+        reachable, _ = await asyncio.wait_for(probe(), timeout=2.0) if probe else (True, "")
+    except Exception:
+        reachable = False
+    if not reachable:
+        log.warning("%s failed: the vector store is unreachable: %s", action, exc)
+        error = GatewayError(
+            503,
+            f"The {action} did not run to the end: the vector store did not answer. The previous "
+            "corpus stays searchable; retry once /readyz reports the vector store ok.",
+            type="server_error",
+            code="retrieval_unavailable",
+            headers={"Retry-After": "5"},
+        )
+    else:
+        log.error("%s failed", action, exc_info=exc)
+        error = GatewayError(
+            500,
+            f"The {action} failed ({type(exc).__name__}); the gateway log has the details. The "
+            "previous corpus stays searchable.",
+            type="server_error",
+            code="internal_error",
+        )
+    return Response(
+        error.body(), status_code=error.status, media_type="application/json", headers=error.headers
+    )
 
 
 def check_admin(gateway: Gateway, request: Request) -> None:
@@ -137,7 +175,10 @@ async def ingest_documents(gateway: Gateway, request: Request) -> Response:
             combined.corpus_version = report.corpus_version
         return combined
 
-    report = await asyncio.to_thread(run)
+    try:
+        report = await asyncio.to_thread(run)
+    except Exception as exc:
+        return await store_failure(gateway, "ingest", exc)
     ingested = any(f.outcome in ("added", "updated", "unchanged") for f in report.files)
     # 207: some documents went in and some did not; 422: nothing usable was sent.
     status = 200 if not report.failed and ingested else 207 if ingested else 422
@@ -153,7 +194,10 @@ async def reindex_tenant(gateway: Gateway, request: Request) -> Response:
         return Response(error.body(), status_code=error.status, media_type="application/json")
     from gateway.retrieval.reindex import reindex
 
-    result = await asyncio.to_thread(reindex, retrieval.store, retrieval.embedder, tenant)
+    try:
+        result = await asyncio.to_thread(reindex, retrieval.store, retrieval.embedder, tenant)
+    except Exception as exc:
+        return await store_failure(gateway, "reindex", exc)
     return JSONResponse(
         {
             "tenant": tenant,

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from gateway.admin import ingest_documents, reindex_tenant, tenant_spend
 from gateway.chain import Handler, compose
 from gateway.config import DEFAULT_DEMO_KEY, DEMO_KEY_ENV, GatewayConfig, load_config
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, VectorStoreUnavailable
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.observability import Observability
 from gateway.policy import Policy, PolicySnapshot, PolicyStore, RetrievalPolicy, hash_key
@@ -76,6 +76,7 @@ class Gateway:
         self._model_modes = {m.name: m.mode for m in config.models}
         self._watcher: asyncio.Task[None] | None = None
         self._index_watcher: asyncio.Task[None] | None = None
+        self._startup_error: str | None = None  # what keeps the gateway from starting, in words
         self._chat = OpenAIEndpoint(self, "chat")
         self._embeddings = OpenAIEndpoint(self, "embeddings")
         self._fast_routes = {"/v1/chat/completions": self._chat, "/v1/embeddings": self._embeddings}
@@ -90,7 +91,7 @@ class Gateway:
                 Route("/admin/tenants/{tenant}/reindex", self.admin_reindex, methods=["POST"]),
                 Route("/admin/tenants/{tenant}/spend", self.admin_spend, methods=["GET"]),
             ],
-            exception_handlers={HTTPException: self._http_exception},
+            exception_handlers={HTTPException: self._http_exception, Exception: self._unexpected},
             lifespan=self._lifespan,
         )
 
@@ -108,11 +109,28 @@ class Gateway:
             if endpoint is not None:
                 await endpoint(scope, receive, send)
                 return
+        elif scope["type"] == "lifespan":
+            await self.starlette(scope, receive, self._plain_startup_failure(send))
+            return
         await self.starlette(scope, receive, send)
+
+    def _plain_startup_failure(self, send: Send) -> Send:
+        """Report a known start-up failure as its message instead of a traceback (uvicorn logs it)."""
+
+        async def report(message: Any) -> None:
+            if message["type"] == "lifespan.startup.failed" and self._startup_error is not None:
+                message = {**message, "message": f"rag-gateway cannot start: {self._startup_error}"}
+            await send(message)
+
+        return report
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
-        await self.start()
+        try:
+            await self.start()
+        except VectorStoreUnavailable as exc:
+            self._startup_error = str(exc)
+            raise
         try:
             yield
         finally:
@@ -176,8 +194,8 @@ class Gateway:
                 if policy.retrieval.enabled:
                     try:
                         await asyncio.to_thread(store.refresh_if_changed, tenant)
-                    except Exception:  # the vector store being briefly away must not end the loop
-                        log.warning("could not check tenant %r's index for changes", tenant, exc_info=True)
+                    except Exception as exc:  # the vector store being briefly away must not end the loop
+                        log.warning("could not check tenant %r's index for changes: %s", tenant, exc)
 
     async def stop(self) -> None:
         for task in (self._watcher, self._index_watcher):
@@ -290,6 +308,18 @@ class Gateway:
 
     async def admin_reindex(self, request: Request) -> Response:
         return await reindex_tenant(self, request)
+
+    async def _unexpected(self, request: Request, exc: Exception) -> Response:
+        """A bug in an admin or health route: an OpenAI envelope, never a bare 500 page."""
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return error_response(
+            GatewayError(
+                500,
+                f"The gateway failed to handle {request.method} {request.url.path}; its log has the details.",
+                type="server_error",
+                code="internal_error",
+            )
+        )
 
     async def _http_exception(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.errors import VectorStoreUnavailable
 from gateway.policy import TENANT_RE, Policy, hash_key, new_key, validate_dir
 
 SCHEMA_FILE = "schema.json"
@@ -530,6 +531,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
-    except ConfigError as exc:
+    except (ConfigError, VectorStoreUnavailable) as exc:
         print(f"rag-gateway: {exc}", file=sys.stderr)
         return 2

@@ -129,6 +129,12 @@ class ServerConfig(_Strict):
 class VectorStoreConfig(_Strict):
     path: str = ".data/chroma"
     url: str | None = Field(default=None, description="Chroma server URL for multi-replica deployments")
+    connect_wait_s: float = Field(
+        default=30,
+        ge=0,
+        le=600,
+        description="How long start-up (and the CLI) waits for the Chroma server at `url` to answer",
+    )
 
 
 class RetrievalConfig(_Strict):

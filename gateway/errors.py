@@ -5,6 +5,13 @@ from __future__ import annotations
 import orjson
 
 
+class VectorStoreUnavailable(RuntimeError):
+    """The Chroma server did not answer; the message says what to check.
+
+    Here rather than in gateway.retrieval so the app can name it without importing retrieval.
+    """
+
+
 class GatewayError(Exception):
     """A failure with the status and OpenAI error fields the client should receive."""
 

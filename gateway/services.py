@@ -78,7 +78,7 @@ def build_retrieval(config: GatewayConfig, embedder: Embedder) -> dict[str, Any]
 
     store_config = config.vector_store
     path = None if store_config.url else str(config.resolve(store_config.path))
-    client = make_chroma_client(path, store_config.url)
+    client = make_chroma_client(path, store_config.url, store_config.connect_wait_s)
     store = IndexStore(client, embedder.model_id)
     service = RetrievalService(store, embedder, threads=config.retrieval.search_threads)
 

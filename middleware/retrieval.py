@@ -9,6 +9,7 @@ go into one system message built from the tenant's template, and the model is to
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from opentelemetry.trace import Tracer
 
 from gateway.chain import Handler
 from gateway.context import RequestContext
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, VectorStoreUnavailable
 from gateway.policy import Policy, RetrievalPolicy
 from gateway.response import GatewayResponse
 from gateway.retrieval.conflicts import ConflictGroup, find_conflicts, newest
@@ -32,6 +33,7 @@ from gateway.sse import encode_event, event_data, iter_events
 from gateway.upstreams.router import Router
 
 NAME = "retrieval"
+log = logging.getLogger("rag_gateway.retrieval")
 INPUT_GUARDRAILS = "input_guardrails"  # where the input guardrail stage leaves itself on ctx.state
 FOLLOW_UP_RE = re.compile(
     r"^\s*(and|or|but|also|what about|how about|same for|then)\b"
@@ -272,7 +274,19 @@ class RetrievalStage:
         if not query:
             ctx.decide(NAME, "skipped", reason="no user text to search for")
             return await call_next(ctx)
-        result = await self.search(ctx, query)
+        try:
+            result = await self.search(ctx, query)
+        except VectorStoreUnavailable as exc:
+            log.warning("retrieval for tenant %s (request %s): %s", ctx.tenant, ctx.request_id, exc)
+            ctx.decide(NAME, "unavailable", error=str(exc))
+            raise GatewayError(
+                503,
+                "Retrieval is unavailable right now: the vector store did not answer. Nothing was "
+                "sent to a model; retry shortly.",
+                type="server_error",
+                code="retrieval_unavailable",
+                headers={"Retry-After": "2"},
+            ) from exc
         ranked = result.hits
         if settings.rerank.model and self.router is not None:
             ranked = await llm_rerank(self.router, ctx, settings.rerank.model, query, ranked)

@@ -230,3 +230,18 @@ def test_azure_deployment_url_and_header(gateway: RunningGateway) -> None:
     assert sent["path"] == "/openai/deployments/my-deploy/chat/completions"
     assert sent["query"] == {"api-version": "2024-06-01"}
     assert sent["headers"]["api-key"] == UPSTREAM_SECRET
+
+
+def test_a_failing_admin_route_answers_an_envelope(gateway: RunningGateway, monkeypatch) -> None:
+    import gateway.app as app_module
+
+    async def broken(*_: object) -> None:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(app_module, "tenant_spend", broken)
+    with gateway.client() as client:
+        response = client.get("/admin/tenants/acme/spend")
+    assert response.status_code == 500
+    error = error_of(response)
+    assert error["type"] == "server_error" and error["code"] == "internal_error"
+    assert "/admin/tenants/acme/spend" in error["message"] and "simulated bug" not in error["message"]

@@ -22,12 +22,14 @@ import hashlib
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from gateway.errors import VectorStoreUnavailable
 from gateway.retrieval.confidence import ConfidenceFeatures, compute_features, confidence, query_terms
 from gateway.retrieval.fusion import FusionParams, fuse
 from gateway.retrieval.lexical import LexicalIndex, tokenize
@@ -38,8 +40,11 @@ log = logging.getLogger(__name__)
 _PAGE_SIZE = 5000  # Chroma get() page when loading a collection
 
 
-def make_chroma_client(path: str | None, url: str | None = None) -> Any:
-    """HttpClient when `url` (http://host:port) is set, else an embedded PersistentClient at `path`."""
+def make_chroma_client(path: str | None, url: str | None = None, wait_s: float = 0.0) -> Any:
+    """HttpClient when `url` (http://host:port) is set, else an embedded PersistentClient at `path`.
+
+    A server that is not up yet (a gateway started alongside it) is retried for `wait_s` seconds.
+    """
     import chromadb
     from chromadb.config import Settings
 
@@ -49,12 +54,25 @@ def make_chroma_client(path: str | None, url: str | None = None) -> Any:
         if not m:
             raise ValueError(f"chroma url must look like http://host:port, got {url!r}")
         scheme, host, port = m.groups()
-        return chromadb.HttpClient(
-            host=host,
-            port=int(port or (443 if scheme == "https" else 8000)),
-            ssl=scheme == "https",
-            settings=settings,
-        )
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return chromadb.HttpClient(
+                    host=host,
+                    port=int(port or (443 if scheme == "https" else 8000)),
+                    ssl=scheme == "https",
+                    settings=settings,
+                )
+            except Exception as exc:  # chromadb raises ValueError, httpx errors, ... for "not there"
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise VectorStoreUnavailable(
+                        f"the Chroma server at {url} did not answer within {wait_s:g} s ({exc}). "
+                        "Start it (chroma run --path DIR --host HOST --port PORT), fix "
+                        "vector_store.url in gateway.yaml, or remove it to use the embedded store."
+                    ) from exc
+                log.warning("waiting for the Chroma server at %s (%.0f s left): %s", url, left, exc)
+                time.sleep(min(2.0, left))
     if not path:
         raise ValueError("either a chroma path or a chroma url is needed")
     return chromadb.PersistentClient(path=path, settings=settings)
@@ -502,7 +520,10 @@ class TenantIndex:
     def _dense_query(
         self, snap: _Snapshot, vec: np.ndarray, n: int, where: dict[str, Any] | None
     ) -> tuple[list[str], list[float]]:
-        res = self._col.query(query_embeddings=vec, n_results=n, where=where, include=["distances"])
+        try:
+            res = self._col.query(query_embeddings=vec, n_results=n, where=where, include=["distances"])
+        except Exception as exc:  # the server went away (or timed out): the caller answers 503
+            raise VectorStoreUnavailable(f"the vector store did not answer a search: {exc}") from exc
         ids: list[str] = []
         scores: list[float] = []
         for rid, dist in zip(res["ids"][0], res["distances"][0], strict=True):
