@@ -12,6 +12,10 @@ class VectorStoreUnavailable(RuntimeError):
     """
 
 
+class EmbeddingUnavailable(RuntimeError):
+    """A provider embedding model failed on every deployment; the message names them (no secrets)."""
+
+
 class GatewayError(Exception):
     """A failure with the status and OpenAI error fields the client should receive."""
 

@@ -20,7 +20,7 @@ from opentelemetry.trace import Tracer
 
 from gateway.chain import Handler
 from gateway.context import RequestContext
-from gateway.errors import GatewayError, VectorStoreUnavailable
+from gateway.errors import EmbeddingUnavailable, GatewayError, VectorStoreUnavailable
 from gateway.policy import Policy, RetrievalPolicy
 from gateway.response import GatewayResponse
 from gateway.retrieval.conflicts import ConflictGroup, find_conflicts, newest
@@ -68,6 +68,30 @@ class RetrievalOutcome:
                 entry["preferred"] = i in self.preferred
             cited.append(entry)
         return cited
+
+
+def retrieval_failure(
+    ctx: RequestContext, exc: VectorStoreUnavailable | EmbeddingUnavailable
+) -> GatewayError:
+    """What the client gets when the search could not run: nothing is sent to a chat model."""
+    log.warning("retrieval for tenant %s (request %s): %s", ctx.tenant, ctx.request_id, exc)
+    ctx.decide(NAME, "unavailable", error=str(exc))
+    if isinstance(exc, EmbeddingUnavailable):
+        return GatewayError(
+            502,
+            f"Retrieval could not embed the question ({exc}). Nothing was sent to a chat model; "
+            "retry shortly.",
+            type="server_error",
+            code="embedding_unavailable",
+        )
+    return GatewayError(
+        503,
+        "Retrieval is unavailable right now: the vector store did not answer. Nothing was sent to a "
+        "model; retry shortly.",
+        type="server_error",
+        code="retrieval_unavailable",
+        headers={"Retry-After": "2"},
+    )
 
 
 def citation(number: int, hit: Hit) -> dict[str, Any]:
@@ -276,17 +300,8 @@ class RetrievalStage:
             return await call_next(ctx)
         try:
             result = await self.search(ctx, query)
-        except VectorStoreUnavailable as exc:
-            log.warning("retrieval for tenant %s (request %s): %s", ctx.tenant, ctx.request_id, exc)
-            ctx.decide(NAME, "unavailable", error=str(exc))
-            raise GatewayError(
-                503,
-                "Retrieval is unavailable right now: the vector store did not answer. Nothing was "
-                "sent to a model; retry shortly.",
-                type="server_error",
-                code="retrieval_unavailable",
-                headers={"Retry-After": "2"},
-            ) from exc
+        except (VectorStoreUnavailable, EmbeddingUnavailable) as exc:
+            raise retrieval_failure(ctx, exc) from exc
         ranked = result.hits
         if settings.rerank.model and self.router is not None:
             ranked = await llm_rerank(self.router, ctx, settings.rerank.model, query, ranked)

@@ -106,6 +106,17 @@ class MockUpstream:
                     "headers": {k.lower(): v for k, v in request.headers.items()},
                 }
             )
+        step = self._step(body.get("model", ""))
+        if step.startswith("status:"):
+            error = {
+                "error": {
+                    "message": f"mock error {step[7:]}",
+                    "type": "mock_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
+            return web.json_response(error, status=int(step[7:]))
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))]
         return web.json_response(

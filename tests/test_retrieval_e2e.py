@@ -313,10 +313,20 @@ def test_provider_embedding_model_through_the_upstream_config(
         assert upload.status_code == 200, upload.text
         response = ask(gateway, "How much does a resident parking permit cost?")
         assert response.json()["citations"][0]["source"] == "parking.md"
+        paths = [r["path"] for r in upstream.requests()]
+        assert paths.count("/v1/embeddings") >= 2  # the documents, then the query
+
+        # The embedding provider fails: a clear 502 and no chat model call, not a 500.
+        upstream.script("e", "status:500")
+        chats = paths.count("/v1/chat/completions")
+        failed = ask(gateway, "How much does a resident parking permit cost?")
+        assert failed.status_code == 502, failed.text
+        error = failed.json()["error"]
+        assert error["code"] == "embedding_unavailable" and "embed-mock" in error["message"]
+        assert UPSTREAM_SECRET not in failed.text
+        assert [r["path"] for r in upstream.requests()].count("/v1/chat/completions") == chats
     finally:
         server.stop()
-    paths = [r["path"] for r in upstream.requests()]
-    assert paths.count("/v1/embeddings") >= 2  # the documents, then the query
 
 
 def test_llm_reranker_reorders_the_fused_candidates(rag: RunningGateway) -> None:

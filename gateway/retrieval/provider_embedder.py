@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 
 from gateway.config import ModelConfig
+from gateway.errors import EmbeddingUnavailable
 from gateway.retrieval.embedder import l2_normalise
 from gateway.upstreams.openai_http import auth_headers, endpoint_url
 
@@ -60,4 +61,4 @@ class ProviderEmbedder:
                 # Never include the request (it may carry the key in headers): type and status only.
                 status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else None
                 errors.append(f"{deployment.label()}: {type(exc).__name__}{f' {status}' if status else ''}")
-        raise RuntimeError(f"embedding model {self._model.name!r} failed: " + "; ".join(errors))
+        raise EmbeddingUnavailable(f"embedding model {self._model.name!r} failed: " + "; ".join(errors))
