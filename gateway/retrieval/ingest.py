@@ -21,7 +21,7 @@ import numpy as np
 from gateway.retrieval.chunking import ChunkingConfig
 from gateway.retrieval.embedder import Embedder
 from gateway.retrieval.index import TenantIndex
-from gateway.retrieval.parsing import _relative_id, content_hash, parse_bytes, parse_file
+from gateway.retrieval.parsing import content_hash, document_id, parse_bytes, parse_file
 from gateway.retrieval.types import Chunk, ParsedFile
 
 log = logging.getLogger("rag_gateway.ingest")
@@ -109,7 +109,7 @@ class Ingestor:
 
         def parse(pair: tuple[Path, Path]) -> ParsedFile:
             file, root = pair
-            doc_id = _relative_id(file, root)  # the id parse_file will give it
+            doc_id = document_id(file, root)  # the id parse_file will give it
             if doc_id in known:
                 # Hash the bytes before parsing: an unchanged PDF or scan costs a read, not OCR.
                 try:

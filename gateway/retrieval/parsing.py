@@ -43,7 +43,7 @@ def parse_file(
 ) -> ParsedFile:
     """Parse and chunk a file on disk. doc_id and source are its path relative to `root`
     (posix separators), or its file name when no root is given."""
-    doc_id = _relative_id(path, root)
+    doc_id = document_id(path, root)
     if detect_kind(path.name) is None:
         return ParsedFile(path=doc_id, outcome="skipped", reason=f"unsupported file type: {path.name}")
     try:
@@ -133,7 +133,8 @@ def parse_bytes(
     )
 
 
-def _relative_id(path: Path, root: Path | None) -> str:
+def document_id(path: Path, root: Path | None) -> str:
+    """A file's id in its tenant's corpus: its path relative to the ingested folder."""
     if root is None:
         return path.name
     try:
