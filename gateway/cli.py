@@ -29,6 +29,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     workers = args.workers or config.server.workers
+    if workers > 1:
+        _share_metrics_between_workers()
     if args.config:
         os.environ["RAG_GATEWAY_CONFIG"] = str(Path(args.config).resolve())
     else:
@@ -52,6 +54,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
     )
     return 0
+
+
+def _share_metrics_between_workers() -> None:
+    """Point every worker's metrics at one folder so /metrics reports all of them (gateway.metrics)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from gateway.metrics import MULTIPROCESS_ENV
+
+    folder = os.environ.get(MULTIPROCESS_ENV)
+    if folder:  # the operator's choice: start it empty, as prometheus_client requires
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        for stale in Path(folder).glob("*.db"):
+            stale.unlink()
+    else:
+        folder = tempfile.mkdtemp(prefix="rag-gateway-metrics-")
+        os.environ[MULTIPROCESS_ENV] = folder
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:

@@ -2,13 +2,19 @@
 
 Everything is derived at the end of a request from the request context (status, decisions,
 attempts, usage), in one place, so stages stay free of metric code. One registry per gateway.
+
+With several workers (`rag-gateway serve --workers N`) the CLI sets PROMETHEUS_MULTIPROC_DIR
+before the workers start, prometheus_client then keeps each worker's values in files there, and
+/metrics adds up all workers, whichever one answers the scrape. Only counters and histograms are
+used, which sum across processes without further configuration.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.context import RequestContext
@@ -17,6 +23,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Bucket boundaries recommended by the GenAI semantic conventions.
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -150,4 +157,9 @@ class Metrics:
                 self.state_errors.labels(stage, action).inc()
 
     def render(self) -> bytes:
+        if os.environ.get(MULTIPROCESS_ENV):
+            # Several workers: each writes its own files; add up every worker's, not just this one's.
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)

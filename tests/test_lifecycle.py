@@ -39,18 +39,23 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     raise AssertionError("gateway did not become healthy")
 
 
-@pytest.fixture
-def served(tmp_path: Path, upstream: MockServer):
-    config = write_gateway_files(tmp_path, upstream.base)
-    port = free_port()
+def serve(config: Path, port: int, *extra: str) -> subprocess.Popen:
+    """`python -m gateway serve` as its own process, its output in a pipe."""
     env = {**os.environ, "MOCK_UPSTREAM_KEY": UPSTREAM_SECRET}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)],
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
     )
+
+
+@pytest.fixture
+def served(tmp_path: Path, upstream: MockServer):
+    port = free_port()
+    proc = serve(write_gateway_files(tmp_path, upstream.base), port)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc)
@@ -150,3 +155,36 @@ def test_no_config_serves_demo_tenant_with_env_key(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
+
+
+def requests_counted(metrics_text: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics_text.splitlines()
+        if line.startswith("rag_gateway_requests_total{")
+    )
+
+
+def test_metrics_add_up_every_worker(tmp_path: Path, upstream: MockServer) -> None:
+    port = free_port()
+    proc = serve(write_gateway_files(tmp_path, upstream.base), port, "--workers", "2")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc)
+        time.sleep(1.0)  # the second worker may start a moment after the first answers
+        sent = 24
+        for _ in range(sent):  # a new connection each time, so the kernel spreads them over workers
+            response = httpx.post(
+                f"{url}/v1/chat/completions",
+                json={"model": "gpt-mock", "messages": MSG},
+                headers={"Authorization": f"Bearer {ACME_KEY}", "Connection": "close"},
+                timeout=30,
+            )
+            assert response.status_code == 200
+        # Whichever worker answers the scrape reports all requests, not only its own.
+        for _ in range(6):
+            scraped = httpx.get(f"{url}/metrics", headers={"Connection": "close"}, timeout=10)
+            assert requests_counted(scraped.text) == sent
+    finally:
+        proc.terminate()
+        proc.wait(30)
