@@ -167,7 +167,7 @@ def test_confidence_separates_on_and_off_topic(filled: TenantIndex, embedder: Lo
 
 def test_query_terms_match_the_chunk_tokens() -> None:
     texts = ["Invoices are issued monthly by the billing team.", "The cat sat on the mat.", "Billing cats."]
-    lexical = LexicalIndex(texts)
+    lexical = LexicalIndex.from_texts(texts)
     tokens = tokenize("How many invoices does the billing team issue for Salesforce?")
     terms = query_terms(lexical, tokens, top_row=0)
     # "how", "many", "does" phrase the question: they are no content terms
@@ -294,3 +294,46 @@ def test_fusion_methods() -> None:
     assert max(rrf, key=rrf.__getitem__) == "c"  # 1/63 + 1/61 beats b
     with pytest.raises(ValueError):
         FusionParams(method="max")
+
+
+def test_a_change_tokenises_only_the_changed_chunks(
+    store: IndexStore, embedder: LocalMiniLMEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.retrieval.lexical as lexical_module
+
+    index = store.tenant("t")
+    for doc_id, parts in DOCS.items():
+        put(index, embedder, doc_id, parts)
+    tokenised: list[str] = []
+    real = lexical_module.tokenize
+
+    def counting(text: str) -> list[str]:
+        tokenised.append(text)
+        return real(text)
+
+    monkeypatch.setattr(lexical_module, "tokenize", counting)
+    put(index, embedder, "garden.md", [("Cucumbers want warm soil and plenty of water.", "text")], h="h2")
+    assert tokenised == ["Cucumbers want warm soil and plenty of water."]
+    # The other documents are still found by their words, the replaced one only by its new words.
+    assert search(index, embedder, "ZX-4471 certificate").hits[0].chunk.doc_id == "errors.md"
+    assert search(index, embedder, "cucumbers soil").hits[0].chunk.doc_id == "garden.md"
+    lexical_scores = index._snap.lexical.scores(real("tomatoes sunlight"))
+    assert not lexical_scores.any()  # the old words stay in the vocabulary but match no chunk
+
+
+def test_words_of_a_deleted_document_count_as_unknown(
+    store: IndexStore, embedder: LocalMiniLMEmbedder
+) -> None:
+    index = store.tenant("t")
+    for doc_id, parts in DOCS.items():
+        put(index, embedder, doc_id, parts)
+    before = search(index, embedder, "How much sunlight do tomatoes need?")
+    index.delete_document("garden.md")
+    after = search(index, embedder, "How much sunlight do tomatoes need?")
+    assert all(h.chunk.doc_id != "garden.md" for h in after.hits)
+    assert after.features.unknown_terms > before.features.unknown_terms  # tomato, sunlight: df 0 now
+    rebuilt = TenantIndex(index._col)  # a fresh vocabulary, as a restart or another replica has
+    fresh = search(rebuilt, embedder, "How much sunlight do tomatoes need?")
+    assert fresh.features == after.features and [h.chunk.id for h in fresh.hits] == [
+        h.chunk.id for h in after.hits
+    ]

@@ -32,7 +32,7 @@ import numpy as np
 from gateway.errors import VectorStoreUnavailable
 from gateway.retrieval.confidence import ConfidenceFeatures, compute_features, confidence, query_terms
 from gateway.retrieval.fusion import FusionParams, fuse
-from gateway.retrieval.lexical import LexicalIndex, tokenize
+from gateway.retrieval.lexical import LexicalIndex, Vocabulary, tokenize
 from gateway.retrieval.types import CHUNK_SCHEMA_VERSION, Chunk
 
 log = logging.getLogger(__name__)
@@ -235,19 +235,32 @@ class _Snapshot:
     doc_records: dict[str, list[str]]  # doc_id -> its live record ids
     doc_hashes: dict[str, str]
     lexical: LexicalIndex
+    token_ids: list[np.ndarray]  # row i's BM25 tokens as ids of the tenant's vocabulary
     corpus_version: int
 
     @staticmethod
-    def build(rows: Iterable[tuple[str, Chunk, dict[str, Any]]], corpus_version: int) -> _Snapshot:
+    def build(
+        rows: Iterable[tuple[str, Chunk, dict[str, Any]]],
+        corpus_version: int,
+        vocabulary: Vocabulary,
+        previous: _Snapshot | None = None,
+    ) -> _Snapshot:
+        """The snapshot of `rows`; chunks already in `previous` keep their tokens (no re-tokenising)."""
         record_ids: list[str] = []
         chunks: list[Chunk] = []
         metas: list[dict[str, Any]] = []
+        token_ids: list[np.ndarray] = []
         doc_records: dict[str, list[str]] = {}
         doc_hashes: dict[str, str] = {}
         for rid, chunk, meta in rows:
             record_ids.append(rid)
             chunks.append(chunk)
             metas.append(meta)
+            row = previous.row_of.get(rid) if previous is not None else None
+            if previous is not None and row is not None:
+                token_ids.append(previous.token_ids[row])
+            else:
+                token_ids.append(vocabulary.encode(chunk.text))
             doc_records.setdefault(chunk.doc_id, []).append(rid)
             doc_hashes[chunk.doc_id] = chunk.content_hash
         return _Snapshot(
@@ -257,7 +270,8 @@ class _Snapshot:
             row_of={rid: i for i, rid in enumerate(record_ids)},
             doc_records=doc_records,
             doc_hashes=doc_hashes,
-            lexical=LexicalIndex([c.text for c in chunks]),
+            lexical=LexicalIndex(token_ids, vocabulary),
+            token_ids=token_ids,
             corpus_version=corpus_version,
         )
 
@@ -282,6 +296,7 @@ class TenantIndex:
         self._lock = threading.Lock()  # one writer at a time; readers never take it
         meta = dict(collection.metadata or {})
         self._meta = meta
+        self._vocabulary = Vocabulary()
         self._snap = self._load(int(meta.get("corpus_version", 0)))
 
     # -- identity and health ------------------------------------------------------------------
@@ -366,7 +381,9 @@ class TenantIndex:
             self._write(ids, vectors, docs, metas)
             # 2. Persist the version, then swap the snapshot readers use.
             self._set_meta(corpus_version=gen)
-            new_snap = _Snapshot.build([*old.rows(skip_docs=touched), *new_rows], gen)
+            new_snap = _Snapshot.build(
+                [*old.rows(skip_docs=touched), *new_rows], gen, self._vocabulary, previous=old
+            )
             self._snap = new_snap
             # 3. Only now drop the superseded generation.
             stale = [rid for d in touched for rid in old.doc_records.get(d, [])]
@@ -446,7 +463,7 @@ class TenantIndex:
         if stale:
             log.warning("%s: removing %d chunks of interrupted writes", self._col.name, len(stale))
             self._delete(stale)
-        return _Snapshot.build(rows, max_gen)
+        return _Snapshot.build(rows, max_gen, self._vocabulary)
 
     # -- search -------------------------------------------------------------------------------
 

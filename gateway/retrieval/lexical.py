@@ -1,7 +1,8 @@
 """BM25 over a tenant's chunk texts (bm25s, English stopwords, Snowball English stemmer).
 
 The index is immutable once built: a change to the corpus builds a new one and swaps it in, so
-searches running in other threads never see a half-built index.
+searches running in other threads never see a half-built index. Chunks are tokenised once, into
+ids of the tenant's Vocabulary, and a rebuild reuses the unchanged chunks' ids.
 """
 
 from __future__ import annotations
@@ -38,19 +39,55 @@ def tokenize(text: str) -> list[str]:
     return _stemmer().stemWords(words) if words else []
 
 
-class LexicalIndex:
-    """BM25 scores for every chunk of one corpus snapshot; row i is the i-th text given."""
+EMPTY_TOKEN = "\x00EMPTY"  # stands in for a chunk without tokens; no query produces it (lower-case)
 
-    def __init__(self, texts: Sequence[str], k1: float = BM25_K1, b: float = BM25_B) -> None:
-        self.size = len(texts)
+
+class Vocabulary:
+    """Token -> id for one tenant index, append-only so ids stay valid from snapshot to snapshot.
+
+    A snapshot keeps each chunk's token ids, so a change re-tokenises only the changed chunks (at
+    100k chunks tokenising is about 60% of a rebuild). Writers hold the tenant index's lock; a
+    built LexicalIndex reads its own copy of the mapping, never this one.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def encode(self, text: str) -> np.ndarray:
+        tokens = tokenize(text) or [EMPTY_TOKEN]
+        ids = self._ids
+        return np.fromiter((ids.setdefault(t, len(ids)) for t in tokens), dtype=np.int32, count=len(tokens))
+
+    def mapping(self) -> dict[str, int]:
+        return dict(self._ids)
+
+
+class LexicalIndex:
+    """BM25 scores for every chunk of one corpus snapshot; row i is the i-th chunk given."""
+
+    def __init__(
+        self, token_ids: Sequence[np.ndarray], vocabulary: Vocabulary, k1: float = BM25_K1, b: float = BM25_B
+    ) -> None:
+        self.size = len(token_ids)
         self._retriever: bm25s.BM25 | None = None
         if self.size:
-            # bm25s needs at least one token per document to build its vocabulary; an empty
-            # chunk gets a placeholder token that no query can produce (tokens are lower-case).
-            corpus = [tokenize(t) or ["\x00EMPTY"] for t in texts]
             retriever = bm25s.BM25(k1=k1, b=b)
-            retriever.index(corpus, show_progress=False)
+            # Every id of the vocabulary gets a column, also those no chunk uses any more (a deleted
+            # document's words): their document frequency is 0, exactly like an unknown word's.
+            retriever.index(
+                ([ids.tolist() for ids in token_ids], vocabulary.mapping()),
+                show_progress=False,
+                create_empty_token=False,
+            )
             self._retriever = retriever
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str]) -> LexicalIndex:
+        vocabulary = Vocabulary()
+        return cls([vocabulary.encode(t) for t in texts], vocabulary)
 
     def scores(self, query_tokens: list[str]) -> np.ndarray:
         """BM25 score of every chunk for the query (zeros where no query term occurs)."""
@@ -60,26 +97,3 @@ class LexicalIndex:
         if not ids:
             return np.zeros(self.size, dtype=np.float32)
         return np.asarray(self._retriever.get_scores_from_ids(ids), dtype=np.float32)
-
-    def max_possible(self, query_tokens: list[str]) -> float:
-        """Upper bound of any chunk's score for this query: the sum of its terms' idf.
-
-        bm25s's default (Lucene) scoring is idf * tf / (tf + k1 * length_norm), whose second factor
-        stays below 1.
-
-        Dividing the top score by it gives a length-independent "how well did the best chunk match
-        the query's terms" in [0, 1], which the confidence model uses.
-        """
-        if self._retriever is None or not query_tokens:
-            return 0.0
-        n = self.size
-        total = 0.0
-        vocab = self._retriever.vocab_dict
-        indptr = self._retriever.scores["indptr"]
-        for token in query_tokens:
-            tid = vocab.get(token)
-            if tid is None:
-                continue
-            df = int(indptr[tid + 1] - indptr[tid])  # postings of this term = its document frequency
-            total += float(np.log(1.0 + (n - df + 0.5) / (df + 0.5)))
-        return total
