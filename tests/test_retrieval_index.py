@@ -337,3 +337,34 @@ def test_words_of_a_deleted_document_count_as_unknown(
     assert fresh.features == after.features and [h.chunk.id for h in fresh.hits] == [
         h.chunk.id for h in after.hits
     ]
+
+
+def test_bm25_scores_equal_bm25s() -> None:
+    """Our vectorised build gives the scores bm25s computes (Lucene BM25, k1 1.5, b 0.75)."""
+    import bm25s
+
+    from gateway.retrieval.lexical import BM25_B, BM25_K1
+
+    texts = [text for parts in DOCS.values() for text, _ in parts] + [
+        "Invoices, invoices and more invoices: the billing team issues them monthly.",
+        "",  # a chunk without tokens
+        "The registry keeps every container image; deploy pulls from the registry.",
+    ]
+    ours = LexicalIndex.from_texts(texts)
+    reference = bm25s.BM25(k1=BM25_K1, b=BM25_B)
+    reference.index([tokenize(t) or ["\x00EMPTY"] for t in texts], show_progress=False)
+    for query in (
+        "invoices billing month",
+        "deploy the container registry registry",
+        "cat rug",
+        "nothing here",
+    ):
+        tokens = tokenize(query)
+        expected = np.asarray(
+            reference.get_scores_from_ids(reference.get_tokens_ids(tokens)), dtype=np.float32
+        )
+        got = ours.scores(tokens)
+        assert got.shape == (len(texts),)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert list(ours.postings("registri")) == [i for i, t in enumerate(texts) if "registry" in t]
+    assert len(ours.postings("unknownword")) == 0

@@ -113,34 +113,25 @@ NO_TERMS = QueryTerms((), (), ())
 def query_terms(lexical: LexicalIndex, tokens: Sequence[str], top_row: int | None) -> QueryTerms:
     """Look the query's content terms up in the snapshot's BM25 postings (no re-tokenising of chunks).
 
-    Reads bm25s's term-major sparse matrix: the postings of term t are
-    indices[indptr[t]:indptr[t+1]] (sorted chunk rows), so df is their length and "is t in chunk r"
-    one binary search. That keeps this well under a millisecond; tokenising the top chunk again
+    A term's postings are the sorted chunk rows containing it, so df is their length and "is t in
+    chunk r" one binary search. That keeps this well under a millisecond; tokenising the top chunk again
     would cost about 0.4 ms by itself.
     """
-    retriever = lexical._retriever  # lexical.py exposes scores only; the postings are needed here
-    if retriever is None:
+    if lexical.size == 0:
         return NO_TERMS
     n = lexical.size
-    vocab = retriever.vocab_dict
-    indptr = retriever.scores["indptr"]
-    indices = retriever.scores["indices"]
     idf: list[float] = []
     in_top: list[bool] = []
     known: list[bool] = []
     for term in dict.fromkeys(tokens):  # unique, in query order
         if term in FUNCTION_TERMS:
             continue
-        tid = vocab.get(term)
-        if tid is None:
-            df, present = 0, False
-        else:
-            start, end = int(indptr[tid]), int(indptr[tid + 1])
-            df = end - start
-            present = False
-            if top_row is not None and df:
-                pos = start + int(np.searchsorted(indices[start:end], top_row))
-                present = pos < end and int(indices[pos]) == top_row
+        rows = lexical.postings(term)
+        df = len(rows)
+        present = False
+        if top_row is not None and df:
+            pos = int(np.searchsorted(rows, top_row))
+            present = pos < df and int(rows[pos]) == top_row
         # BM25's (Lucene) idf; an unknown term gets the idf of df 0, the highest there is.
         idf.append(math.log(1.0 + (n - df + 0.5) / (df + 0.5)))
         in_top.append(present)
