@@ -114,6 +114,20 @@ def validate_chat(body: dict[str, Any]) -> tuple[str, bool]:
                 param=f"messages[{i}].content",
                 code="invalid_type",
             )
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise bad_request(
+                        f"messages[{i}].content[{j}] must be an object with a 'type' (e.g. "
+                        '{"type": "text", "text": "..."})',
+                        param=f"messages[{i}].content[{j}]",
+                        code="invalid_type",
+                    )
+        name = message.get("name")
+        if name is not None and not isinstance(name, str):
+            raise bad_request(
+                f"messages[{i}].name must be a string", param=f"messages[{i}].name", code="invalid_type"
+            )
         if content is None and role not in ("assistant", "function") and not message.get("tool_calls"):
             raise bad_request(
                 f"messages[{i}].content is required for role '{role}'",
@@ -147,6 +161,11 @@ def validate_embeddings(body: dict[str, Any]) -> str:
             param="input",
             code="invalid_type",
         )
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (
+        not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1
+    ):
+        raise bad_request("'dimensions' must be a positive integer", param="dimensions", code="invalid_value")
     encoding = body.get("encoding_format")
     if encoding is not None and encoding not in ("float", "base64"):
         raise bad_request(

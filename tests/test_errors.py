@@ -45,6 +45,19 @@ def error_of(response) -> dict:
         ({"model": "gpt-mock", "messages": MSG, "max_tokens": True}, "max_tokens", "invalid_type"),
         ({"model": "gpt-mock", "messages": MSG, "n": 0}, "n", "invalid_value"),
         (
+            {
+                "model": "gpt-mock",
+                "messages": [{"role": "user", "content": [1, {"type": "text", "text": "x"}]}],
+            },
+            "messages[0].content[0]",
+            "invalid_type",
+        ),
+        (
+            {"model": "gpt-mock", "messages": [{"role": "user", "content": "hi", "name": 3}]},
+            "messages[0].name",
+            "invalid_type",
+        ),
+        (
             {"model": "gpt-mock", "messages": MSG, "api_base": "http://evil"},
             "api_base",
             "forbidden_parameter",
@@ -245,3 +258,15 @@ def test_a_failing_admin_route_answers_an_envelope(gateway: RunningGateway, monk
     error = error_of(response)
     assert error["type"] == "server_error" and error["code"] == "internal_error"
     assert "/admin/tenants/acme/spend" in error["message"] and "simulated bug" not in error["message"]
+
+
+@pytest.mark.parametrize("dimensions", ["x", 0, True, 1.5])
+def test_bad_embedding_dimensions_are_400(gateway: RunningGateway, dimensions: object) -> None:
+    with gateway.client() as client:
+        response = client.post(
+            "/v1/embeddings", json={"model": "embed-mock", "input": "hi", "dimensions": dimensions}
+        )
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["param"] == "dimensions" and error["code"] == "invalid_value"
+    assert gateway.upstream.requests() == []
