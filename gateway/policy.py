@@ -293,6 +293,7 @@ class PolicyStore:
         errors: list[str] = []
         current = dict(self.snapshot.policies)
         loaded: dict[str, Policy] = {}
+        previous_fingerprint = self._fingerprint
         if self.directory is not None:
             self._fingerprint = self._scan()
             try:
@@ -319,10 +320,18 @@ class PolicyStore:
         for policy in self._extra:
             merged = build_policy(f"<built-in {policy.tenant}>", self._default_raw, policy.model_dump())
             loaded.setdefault(merged.tenant, merged)
-        self.snapshot = PolicySnapshot.of(loaded)
-        self.last_errors = errors
+        snapshot = PolicySnapshot.of(loaded)
         if self._on_change is not None:
-            self._on_change(self.snapshot)
+            # Build what the new policies need (chains, models, the vector store) before anyone sees
+            # them: if that fails, requests keep the last good policies and the next poll retries.
+            try:
+                self._on_change(snapshot)
+            except Exception as exc:
+                self._fingerprint = previous_fingerprint
+                self.last_errors = [*errors, f"the policies could not be applied: {exc}"]
+                raise
+        self.snapshot = snapshot
+        self.last_errors = errors
         return errors
 
     def _scan(self) -> tuple[tuple[str, int, int], ...]:
@@ -343,12 +352,16 @@ class PolicyStore:
 
     async def watch(self, interval_s: float = 0.5) -> None:
         """Poll the folder's mtimes (cheap, works on every filesystem and in containers)."""
+        failures = 0
         while True:
-            await asyncio.sleep(interval_s)
+            # After a failed apply, retry with backoff (up to 30 s) rather than every poll.
+            await asyncio.sleep(min(30.0, interval_s * 2**failures) if failures else interval_s)
             try:
                 if self.changed():
                     # In a thread: building a new stage may load a tokenizer or a model.
                     await asyncio.to_thread(self.load)
                     log.info("policies reloaded: %d tenants", len(self.snapshot.policies))
-            except Exception:  # a reload must never kill the watcher
-                log.exception("policy reload failed; keeping the last good policies")
+                failures = 0
+            except Exception as exc:  # a reload must never kill the watcher
+                failures = min(failures + 1, 10)
+                log.error("policy reload failed, keeping the last good policies (retrying): %s", exc)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
 from gateway.cli import main, policy_schema
@@ -69,6 +70,32 @@ def test_invalid_edit_keeps_last_good_policy(tmp_path: Path) -> None:
     assert errors and "not valid YAML" in errors[0]
     assert store.snapshot.policies["t"].models == ["a"]
     assert store.snapshot.owner_of("k") is not None
+
+
+def test_policies_that_cannot_be_applied_are_not_served(tmp_path: Path) -> None:
+    """A reload whose chains cannot be built (e.g. the vector store is down) keeps the old policies."""
+    write(tmp_path / "t.yaml", {"tenant": "t", "api_keys": [hash_key("k")], "models": ["a"]})
+    applied: list[set[str]] = []
+    broken = {"now": False}
+
+    def apply(snapshot) -> None:
+        if broken["now"]:
+            raise RuntimeError("the Chroma server did not answer")
+        applied.append(set(snapshot.policies))
+
+    store = PolicyStore(tmp_path, on_change=apply)
+    store.load()
+    write(tmp_path / "u.yaml", {"tenant": "u", "api_keys": [hash_key("k2")], "models": ["a"]})
+    broken["now"] = True
+    with pytest.raises(RuntimeError):
+        store.load()
+    assert set(store.snapshot.policies) == {"t"} and store.snapshot.owner_of("k2") is None
+    assert "could not be applied" in store.last_errors[-1]
+    assert store.changed()  # so the watcher tries again
+    broken["now"] = False
+    assert store.load() == []
+    assert set(store.snapshot.policies) == {"t", "u"} and applied[-1] == {"t", "u"}
+    assert not store.changed()
 
 
 def test_keys_create_prints_key_and_matching_hash(capsys) -> None:
