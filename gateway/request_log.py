@@ -21,6 +21,10 @@ from gateway.config import RequestLogConfig
 from gateway.context import RequestContext
 
 FLUSH_INTERVAL_S = 0.05
+# Lines waiting for the writer; beyond this (a stalled disk or stdout) the oldest are dropped
+# rather than growing the process without bound.
+MAX_PENDING_LINES = 200_000
+FAILURE_REPORT_INTERVAL_S = 10.0
 
 
 class RequestLog:
@@ -32,7 +36,8 @@ class RequestLog:
         self.path = Path(config.path) if config.path else None
         self._max_bytes = config.max_bytes
         self._backups = config.backups
-        self._pending: deque[bytes] = deque()
+        self._pending: deque[bytes] = deque(maxlen=MAX_PENDING_LINES)
+        self._reported_failure_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._file: BinaryIO | None = None
@@ -75,8 +80,11 @@ class RequestLog:
                 sys.stdout.flush()
             else:
                 self._write_file(data)
-        except OSError as exc:  # a full disk must not take the gateway down; say so once per batch
-            print(f"rag-gateway: request log write failed: {exc}", file=sys.stderr)
+        except OSError as exc:  # a full disk must not take the gateway down; say so now and then
+            now = time.monotonic()
+            if now - self._reported_failure_at >= FAILURE_REPORT_INTERVAL_S:
+                self._reported_failure_at = now
+                print(f"rag-gateway: request log write failed, lines dropped: {exc}", file=sys.stderr)
 
     def _write_file(self, data: bytes) -> None:
         assert self.path is not None
@@ -91,6 +99,7 @@ class RequestLog:
     def _rotate(self) -> None:
         assert self.path is not None and self._file is not None
         self._file.close()
+        self._file = None  # reopened below; if that fails, the next flush tries again
         for n in range(self._backups - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{n}")
             if older.exists():
