@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import upstream_error
+
 
 @dataclass(slots=True)
 class GatewayResponse:
@@ -28,7 +30,14 @@ class GatewayResponse:
     def json(self) -> dict[str, Any]:
         """The parsed body; parsing happens once and only for stages that look at it."""
         if self.data is None:
-            parsed = orjson.loads(self.raw or b"{}")
+            try:
+                parsed = orjson.loads(self.raw or b"{}")
+            except orjson.JSONDecodeError as exc:
+                raise upstream_error(
+                    502,
+                    f"the upstream's answer is not valid JSON ({exc}); nothing could be checked or cached",
+                    "upstream_invalid_response",
+                ) from exc
             self.data = parsed if isinstance(parsed, dict) else {"data": parsed}
         return self.data
 

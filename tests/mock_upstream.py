@@ -2,8 +2,9 @@
 
 Behaviour is scripted per upstream model name through POST /_control:
   {"model": "m", "script": ["status:500", "ok"]}   # next calls for model m, in order
-Steps: ok | status:<code>[:<retry-after>] | hang | stream_break | stream_empty | stream_no_done | slow:<ms>
-       | slowstream:<ms> | tool_call | say:<text> (answer with this text; streamed 4 characters a chunk)
+Steps: ok | status:<code>[:<retry-after>] | html | hang | stream_break | stream_empty | stream_no_done
+       | slow:<ms> | slowstream:<ms> | tool_call
+       | say:<text> (answer with this text; streamed 4 characters a chunk)
 With an empty script every call answers "ok". GET /_requests returns what was received.
 Run standalone for benchmarks: python tests/mock_upstream.py --port 9100 [--latency-ms 50]
 """
@@ -150,6 +151,8 @@ class MockUpstream:
                 "error": {"message": f"mock error {code}", "type": "mock_error", "param": None, "code": None}
             }
             return web.json_response(error, status=int(code), headers=headers)
+        if step == "html":  # a proxy's error page with status 200
+            return web.Response(text="<html><body>Bad gateway</body></html>", content_type="text/html")
         if step == "hang":
             await asyncio.sleep(30)
         if step.startswith("slow:"):

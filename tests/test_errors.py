@@ -270,3 +270,26 @@ def test_bad_embedding_dimensions_are_400(gateway: RunningGateway, dimensions: o
     error = error_of(response)
     assert error["param"] == "dimensions" and error["code"] == "invalid_value"
     assert gateway.upstream.requests() == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_html_page_with_status_200_is_no_answer(gateway: RunningGateway, stream: bool) -> None:
+    """Retried like a failure; a 502 naming what came back once the retries are used up."""
+    gateway.upstream.script("mock-1", "html", "ok")
+    with gateway.client() as client:
+        recovered = client.post(CHAT, json={"model": "gpt-mock", "messages": MSG, "stream": stream})
+        assert recovered.status_code == 200 and len(gateway.upstream.requests()) == 2  # retried once
+        gateway.upstream.script("mock-1", "html", "html", "html")
+        failed = client.post(CHAT, json={"model": "gpt-mock", "messages": MSG, "stream": stream})
+    assert failed.status_code == 502
+    error = error_of(failed)
+    assert error["type"] == "upstream_error" and "text/html" in error["message"]
+
+
+def test_a_body_that_is_not_json_is_a_502_where_a_stage_reads_it() -> None:
+    from gateway.errors import GatewayError
+    from gateway.response import GatewayResponse
+
+    with pytest.raises(GatewayError) as raised:
+        GatewayResponse(raw=b'{"choices": "\xff\xfe').json()
+    assert raised.value.status == 502 and raised.value.code == "upstream_invalid_response"

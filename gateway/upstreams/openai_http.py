@@ -146,6 +146,13 @@ class OpenAIHTTPClient:
                 raise UpstreamFailure("stream", f"response body broken: {exc}") from exc
             finally:
                 response.release()
+            content_type = response.headers.get("Content-Type", "")
+            if "json" not in content_type and not _is_json(raw):
+                # An HTML error page or a proxy's text with status 200: not an answer, whatever
+                # the status says (a JSON body under another content type is accepted).
+                raise UpstreamFailure(
+                    "body", f"the upstream answered {content_type or 'no content type'}, not JSON"
+                )
             return GatewayResponse(status=response.status, raw=raw, headers=headers)
         # Wait for the first bytes here, inside the router's retry loop: a stream that fails
         # before anything reached the client can still be retried or sent to a fallback.
@@ -160,6 +167,12 @@ class OpenAIHTTPClient:
         if not first:
             response.close()
             raise UpstreamFailure("stream", "stream ended before its first chunk")
+        content_type = response.headers.get("Content-Type", "")
+        if "event-stream" not in content_type and "json" not in content_type:
+            response.close()  # a JSON answer to a stream request is converted; anything else is no answer
+            raise UpstreamFailure(
+                "body", f"asked for a stream, the upstream answered {content_type or 'no content type'}"
+            )
         return GatewayResponse(status=response.status, stream=relay_stream(response, first), headers=headers)
 
 
@@ -194,3 +207,11 @@ async def relay_stream(response: aiohttp.ClientResponse, first: bytes) -> AsyncI
             # Closing drops the connection: that is how a client that went away (or a broken
             # stream) cancels the upstream generation instead of letting it run on.
             response.close()
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return True
