@@ -119,3 +119,21 @@ def test_streamed_secret_never_reaches_the_client(guarded: RunningGateway) -> No
     assert LEAKED_KEY[:12] not in text and "Sure, the admin" in text
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finish == ["content_filter"]
+
+
+def test_a_cached_answer_never_carries_another_callers_pii(guarded: RunningGateway) -> None:
+    """Redaction runs before the cache: the stored answer holds placeholders, each caller gets its own."""
+    acme = guarded.config_path.parent / "policies" / "acme.yaml"
+    policy = yaml.safe_load(acme.read_text())
+    policy["cache"] = {"enabled": True}
+    acme.write_text(yaml.safe_dump(policy))
+    import time
+
+    time.sleep(1.2)  # hot reload
+    first = ask(guarded, "Please write to jane.doe@example.com about the invoice")
+    assert "jane.doe@example.com" in first.json()["choices"][0]["message"]["content"]
+    time.sleep(0.2)  # the answer is stored off the response path
+    second = ask(guarded, "Please write to john.roe@example.com about the invoice")
+    assert second.headers["x-gateway-cache"] in ("hit", "semantic-hit"), second.headers
+    answer = second.json()["choices"][0]["message"]["content"]
+    assert "john.roe@example.com" in answer and "jane.doe@example.com" not in second.text
