@@ -12,7 +12,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -268,7 +268,7 @@ class OpenAIEndpoint:
             response = await handler(ctx)
             exchange.status = response.status
             if response.stream is not None:
-                await self._send_stream(ctx, response, send, exchange)
+                await send_stream(ctx, response, send, exchange)
             else:
                 if ctx.usage is None and response.status == 200:
                     ctx.usage = _usage_of(response)
@@ -292,34 +292,48 @@ class OpenAIEndpoint:
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _send_stream(
-        self, ctx: RequestContext, response: GatewayResponse, send: Send, exchange: Exchange
-    ) -> None:
-        assert response.stream is not None
+
+async def send_stream(ctx: RequestContext, response: GatewayResponse, send: Send, exchange: Exchange) -> None:
+    """Relay an SSE response. The stream is started before the headers go out and always closed:
+    a client that hangs up at any point still runs the stages' clean-up (settling usage and spend,
+    returning or dropping the upstream connection) now, not whenever the collector gets to it.
+    A failing `send` (the client is gone) propagates; a failing stream ends with an error event."""
+    assert response.stream is not None
+    stream = response.stream
+    try:
+        # The router already waited for the upstream's first bytes, so this costs no latency.
+        chunk, failure = await _next_chunk(ctx, stream, exchange)
         headers = SSE_HEADERS + _header_list(ctx, ctx.request_id, ctx.started, response.headers)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        try:
-            async for chunk in response.stream:
+        while chunk is not None:
+            if chunk:  # a stage may yield b"" for an event it dropped
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (StreamInterrupted, GatewayError) as exc:
+            chunk, failure = await _next_chunk(ctx, stream, exchange)
+        if failure:
             # Headers are gone already: end with an error event the openai SDK raises, never a
             # quiet end that would pass a truncated answer off as complete.
-            message = exc.message if isinstance(exc, GatewayError) else str(exc)
-            ctx.decide("proxy", "stream_interrupted", reason=message)
-            exchange.error = f"stream_interrupted: {message}"
-            log.warning("request %s: stream interrupted: %s", ctx.request_id, message)
-            await send({"type": "http.response.body", "body": error_event(message), "more_body": True})
-        except Exception:
-            log.exception("request %s: stream failed", ctx.request_id)
-            ctx.decide("proxy", "stream_failed")
-            exchange.error = "stream_failed"
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": error_event(
-                        "the gateway failed mid-stream", type="server_error", code="internal_error"
-                    ),
-                    "more_body": True,
-                }
-            )
+            await send({"type": "http.response.body", "body": failure, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await asyncio.shield(aclose())
+
+
+async def _next_chunk(
+    ctx: RequestContext, stream: AsyncIterator[bytes], exchange: Exchange
+) -> tuple[bytes | None, bytes]:
+    """(the next chunk, b""), or at the end (None, the error event to send if the stream failed)."""
+    try:
+        return await anext(stream, None), b""
+    except (StreamInterrupted, GatewayError) as exc:
+        message = exc.message if isinstance(exc, GatewayError) else str(exc)
+        ctx.decide("proxy", "stream_interrupted", reason=message)
+        exchange.error = f"stream_interrupted: {message}"
+        log.warning("request %s: stream interrupted: %s", ctx.request_id, message)
+        return None, error_event(message)
+    except Exception:
+        log.exception("request %s: stream failed", ctx.request_id)
+        ctx.decide("proxy", "stream_failed")
+        exchange.error = "stream_failed"
+        return None, error_event("the gateway failed mid-stream", type="server_error", code="internal_error")
