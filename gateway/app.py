@@ -149,6 +149,13 @@ class Gateway:
         for error in errors:
             log.error("%s", error)
         await asyncio.to_thread(self._prepare_indexes)
+        state = self.services.state
+        if state is not None and state.name != "memory" and not await state.ping():
+            log.warning(
+                "state: %s is unreachable at start-up; limits, budgets and the cache follow each "
+                "policy's on_state_error until it answers (see /readyz)",
+                self.config.state.split("@")[-1],
+            )
         self._watcher = asyncio.create_task(self.policies.watch())
         if self.config.vector_store.url and "retrieval" in self.services.extras:
             # Replicas share a Chroma server: pick up ingests and rebuilds made by other processes.

@@ -294,6 +294,10 @@ class PolicyStore:
         current = dict(self.snapshot.policies)
         loaded: dict[str, Policy] = {}
         previous_fingerprint = self._fingerprint
+        if self.directory is not None and not self.directory.is_dir():
+            # Not fatal (the folder may be mounted later and is picked up then), but say so:
+            # without it no tenant can authenticate.
+            errors.append(f"policies folder {self.directory} does not exist: no tenant can authenticate")
         if self.directory is not None:
             self._fingerprint = self._scan()
             try:

@@ -98,6 +98,17 @@ def test_policies_that_cannot_be_applied_are_not_served(tmp_path: Path) -> None:
     assert not store.changed()
 
 
+def test_a_missing_policies_folder_is_reported_and_picked_up_once_created(tmp_path: Path) -> None:
+    folder = tmp_path / "policies"
+    store = PolicyStore(folder)
+    errors = store.load()
+    assert errors and "does not exist" in errors[0] and not store.snapshot.policies
+    folder.mkdir()
+    write(folder / "t.yaml", {"tenant": "t", "api_keys": [hash_key("k")], "models": ["a"]})
+    assert store.changed()
+    assert store.load() == [] and store.snapshot.owner_of("k") is not None
+
+
 def test_keys_create_prints_key_and_matching_hash(capsys) -> None:
     assert main(["keys", "create", "--tenant", "acme"]) == 0
     out = capsys.readouterr().out
