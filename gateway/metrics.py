@@ -86,7 +86,8 @@ class Metrics:
         self.cost = Counter("rag_gateway_cost_usd", "Spend in USD", ["tenant", "model"], registry=r)
         self.cache = Counter(
             "rag_gateway_cache_requests",
-            "Cache outcomes (hit ratio = hits / all)",
+            "Cache outcomes: hit, semantic-hit, miss, paraphrase-rejected (a miss whose nearest "
+            "paraphrase failed the paraphrase check), bypass, unavailable",
             ["tenant", "outcome"],
             registry=r,
         )
@@ -145,7 +146,10 @@ class Metrics:
         for decision in ctx.decisions:
             stage, action = decision.stage, decision.action
             if stage == "cache":
-                self.cache.labels(tenant, action).inc()
+                # A miss whose nearest paraphrase was turned away by the paraphrase check counts
+                # apart: it shows how much recall verify_paraphrase costs a tenant.
+                rejected = action == "miss" and (decision.detail or {}).get("rejected")
+                self.cache.labels(tenant, "paraphrase-rejected" if rejected else action).inc()
             elif stage == "refusal" and action == "refuse":
                 self.refusals.labels(tenant).inc()
             elif action == "block":

@@ -72,6 +72,18 @@ def test_exact_then_semantic_hit_without_upstream_calls(cached: RunningGateway) 
     assert bypass.headers["x-gateway-cache"] == "bypass" and len(cached.upstream.requests()) == 2
 
 
+def test_a_rejected_paraphrase_is_a_miss_and_counted_apart(cached: RunningGateway) -> None:
+    ask(cached, "When is the chart preparation time for train no. 19708?")
+    wait_for_store()
+    other_train = ask(cached, "When is the chart preparation time for train no. 19707?")
+    # Close enough for cosine, but another train: answered by the model, not from the cache.
+    assert other_train.headers["x-gateway-cache"] == "miss"
+    assert float(other_train.headers["x-gateway-cache-similarity"]) >= 0.97
+    assert len(cached.upstream.requests()) == 2
+    metrics = httpx.get(f"{cached.url}/metrics").text
+    assert 'rag_gateway_cache_requests_total{outcome="paraphrase-rejected",tenant="acme"} 1.0' in metrics
+
+
 def test_streaming_request_replayed_from_a_json_fill(cached: RunningGateway) -> None:
     ask(cached, "How long is the warranty?")
     wait_for_store()
