@@ -368,3 +368,24 @@ def test_bm25_scores_equal_bm25s() -> None:
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert list(ours.postings("registri")) == [i for i, t in enumerate(texts) if "registry" in t]
     assert len(ours.postings("unknownword")) == 0
+
+
+def test_words_of_deleted_documents_are_forgotten_once_they_dominate(
+    store: IndexStore, embedder: LocalMiniLMEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.retrieval.lexical as lexical_module
+
+    monkeypatch.setattr(lexical_module, "MIN_DEAD_WORDS_TO_COMPACT", 5)
+    index = store.tenant("t")
+    put(index, embedder, "errors.md", DOCS["errors.md"])
+    for i in range(6):  # documents full of words no other document has, each deleted again
+        words = " ".join(f"zq{i}word{j}" for j in range(4))
+        put(index, embedder, f"tmp{i}.md", [(f"Temporary notes: {words}.", "text")])
+        index.delete_document(f"tmp{i}.md")
+    vocabulary = index._vocabulary
+    assert len(vocabulary) < 2 * index._snap.lexical.live_words + 5  # compacted along the way
+    # Ids were renumbered consistently: search and the postings still agree with the text.
+    assert search(index, embedder, "ZX-4471 certificate").hits[0].chunk.doc_id == "errors.md"
+    assert list(index._snap.lexical.postings("certif")) == [0]
+    put(index, embedder, "garden.md", DOCS["garden.md"])
+    assert search(index, embedder, "tomatoes sunlight").hits[0].chunk.doc_id == "garden.md"

@@ -24,7 +24,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -384,6 +384,11 @@ class TenantIndex:
             new_snap = _Snapshot.build(
                 [*old.rows(skip_docs=touched), *new_rows], gen, self._vocabulary, previous=old
             )
+            renumbered = self._vocabulary.compact(new_snap.token_ids, new_snap.lexical.live_words)
+            if renumbered is not None:
+                new_snap = replace(
+                    new_snap, lexical=LexicalIndex(renumbered, self._vocabulary), token_ids=renumbered
+                )
             self._snap = new_snap
             # 3. Only now drop the superseded generation.
             stale = [rid for d in touched for rid in old.doc_records.get(d, [])]

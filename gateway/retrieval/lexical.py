@@ -38,6 +38,9 @@ def tokenize(text: str) -> list[str]:
     return _stemmer().stemWords(words) if words else []
 
 
+# Words of deleted documents are kept (with no postings) until they are this many and outnumber
+# the live ones: compacting renumbers every chunk's tokens, so it should be rare.
+MIN_DEAD_WORDS_TO_COMPACT = 50_000
 EMPTY_TOKEN = "\x00EMPTY"  # stands in for a chunk without tokens; no query produces it (lower-case)
 
 
@@ -62,6 +65,20 @@ class Vocabulary:
 
     def mapping(self) -> dict[str, int]:
         return dict(self._ids)
+
+    def compact(self, token_ids: Sequence[np.ndarray], live_words: int) -> list[np.ndarray] | None:
+        """Forget the words no chunk uses any more (deleted documents' words) once they outnumber
+        the `live_words`; returns the chunks' ids in the new numbering, or None when not worth it."""
+        if len(self._ids) - live_words < max(live_words, MIN_DEAD_WORDS_TO_COMPACT):
+            return None  # the usual case, decided without looking at the chunks
+        used = np.zeros(len(self._ids), dtype=bool)
+        for ids in token_ids:
+            used[ids] = True
+        live = int(used.sum())
+        renumber = np.full(len(self._ids), -1, dtype=np.int32)
+        renumber[used] = np.arange(live, dtype=np.int32)
+        self._ids = {token: int(renumber[i]) for token, i in self._ids.items() if used[i]}
+        return [renumber[ids] for ids in token_ids]
 
 
 class LexicalIndex:
@@ -100,6 +117,11 @@ class LexicalIndex:
     def from_texts(cls, texts: Sequence[str]) -> LexicalIndex:
         vocabulary = Vocabulary()
         return cls([vocabulary.encode(t) for t in texts], vocabulary)
+
+    @property
+    def live_words(self) -> int:
+        """Vocabulary words that occur in at least one chunk."""
+        return int(np.count_nonzero(np.diff(self.indptr)))
 
     def postings(self, term: str) -> np.ndarray:
         """The sorted rows of the chunks containing `term` (empty when none does)."""
