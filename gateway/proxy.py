@@ -297,7 +297,7 @@ async def send_stream(ctx: RequestContext, response: GatewayResponse, send: Send
     """Relay an SSE response. The stream is started before the headers go out and always closed:
     a client that hangs up at any point still runs the stages' clean-up (settling usage and spend,
     returning or dropping the upstream connection) now, not whenever the collector gets to it.
-    A failing `send` (the client is gone) propagates; a failing stream ends with an error event."""
+    A failing stream ends with an error event; a failing `send` means the client is gone (499)."""
     assert response.stream is not None
     stream = response.stream
     try:
@@ -314,6 +314,10 @@ async def send_stream(ctx: RequestContext, response: GatewayResponse, send: Send
             # quiet end that would pass a truncated answer off as complete.
             await send({"type": "http.response.body", "body": failure, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except OSError as exc:  # ASGI servers that raise on a closed connection (uvicorn drops quietly)
+        exchange.status, exchange.error = 499, f"client disconnected mid-stream: {exc}"
+        ctx.decide("proxy", "client_disconnected")
+        log.info("request %s: client disconnected mid-stream", ctx.request_id)
     finally:
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
