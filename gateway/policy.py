@@ -80,7 +80,7 @@ class RetrievalPolicy(_Strict):
     min_confidence: float = Field(
         # gateway.retrieval.confidence.DEFAULT_REFUSAL_THRESHOLD: chosen on the calibration data
         # (a test keeps the two equal).
-        default=0.53,
+        default=0.52,
         ge=0,
         le=1,
         description="Below this retrieval confidence, on_low_confidence applies",

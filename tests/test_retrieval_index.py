@@ -169,7 +169,7 @@ def test_query_terms_match_the_chunk_tokens() -> None:
     texts = ["Invoices are issued monthly by the billing team.", "The cat sat on the mat.", "Billing cats."]
     lexical = LexicalIndex.from_texts(texts)
     tokens = tokenize("How many invoices does the billing team issue for Salesforce?")
-    terms = query_terms(lexical, tokens, top_row=0)
+    terms = query_terms(lexical, tokens, top_rows=[0])
     # "how", "many", "does" phrase the question: they are no content terms
     content = [t for t in dict.fromkeys(tokens) if t not in FUNCTION_TERMS]
     assert content == ["invoic", "bill", "team", "issu", "salesforc"] and len(terms.idf) == 5
@@ -177,6 +177,26 @@ def test_query_terms_match_the_chunk_tokens() -> None:
     assert list(terms.in_top) == [t in in_top for t in content]  # postings agree with tokenising
     assert list(terms.known) == [True, True, True, True, False]  # salesforce occurs nowhere
     assert max(terms.idf) == terms.idf[-1]  # an unknown term weighs like the rarest one
+
+
+def test_coverage_comes_from_the_top_chunk_that_covers_the_query_best() -> None:
+    # Two versions of a policy: the old intro is the closest chunk, the new one holds "2024".
+    texts = [
+        "Refund policy, effective 1 February 2022.",
+        "Refund policy, effective 1 June 2024. Refunds take 5 business days.",
+        "The cat sat on the mat.",
+    ]
+    lexical = LexicalIndex.from_texts(texts)
+    tokens = tokenize("How long do refunds take under the 2024 refund policy?")
+    content = [t for t in dict.fromkeys(tokens) if t not in FUNCTION_TERMS]
+    in_second = set(tokenize(texts[1]))
+    best = query_terms(lexical, tokens, top_rows=[0, 1, 2])
+    assert list(best.in_top) == [t in in_second for t in content] and sum(best.in_top) > 2
+    only_first = query_terms(lexical, tokens, top_rows=[0])
+    assert sum(only_first.in_top) < sum(best.in_top)
+    # A tie keeps the higher-ranked chunk; no top chunks means nothing is covered.
+    assert query_terms(lexical, tokens, top_rows=[1, 1]).in_top == best.in_top
+    assert not any(query_terms(lexical, tokens, top_rows=[]).in_top)
 
 
 def test_unknown_terms_and_coverage_move_confidence() -> None:

@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 
 from gateway.errors import VectorStoreUnavailable
-from gateway.retrieval.confidence import ConfidenceFeatures, compute_features, confidence, query_terms
+from gateway.retrieval.confidence import (
+    COVERAGE_CHUNKS,
+    ConfidenceFeatures,
+    compute_features,
+    confidence,
+    query_terms,
+)
 from gateway.retrieval.fusion import FusionParams, fuse
 from gateway.retrieval.lexical import LexicalIndex, Vocabulary, tokenize
 from gateway.retrieval.types import CHUNK_SCHEMA_VERSION, Chunk
@@ -508,11 +514,11 @@ class TenantIndex:
                     rank=rank,
                 )
             )
-        # Term features look at the best *dense* chunk: it is what the question means, not only
+        # Term features look at the best *dense* chunks: they are what the question means, not only
         # what shares its words (see confidence.py).
-        top_row = snap.row_of[dense_ids[0]] if dense_ids else None
+        top_rows = [snap.row_of[rid] for rid in dense_ids[:COVERAGE_CHUNKS]]
         features = compute_features(
-            dense_ids, dense_scores, bm25_ids, query_terms(snap.lexical, tokens, top_row)
+            dense_ids, dense_scores, bm25_ids, query_terms(snap.lexical, tokens, top_rows)
         )
         return RetrievalResult(
             hits=hits,
