@@ -132,30 +132,29 @@ def query_terms(lexical: LexicalIndex, tokens: Sequence[str], top_rows: Sequence
     if lexical.size == 0:
         return NO_TERMS
     n = lexical.size
+    top = np.asarray(top_rows, dtype=np.int64)
     idf: list[float] = []
-    presence: list[list[bool]] = []  # per content term, per top row
+    presence: list[np.ndarray] = []  # per content term: is it in each top row
     known: list[bool] = []
     for term in dict.fromkeys(tokens):  # unique, in query order
         if term in FUNCTION_TERMS:
             continue
         rows = lexical.postings(term)
         df = len(rows)
-        if df and len(top_rows):
-            where = np.searchsorted(rows, top_rows)
-            presence.append([p < df and int(rows[p]) == r for p, r in zip(where, top_rows, strict=True)])
+        if df:
+            # The row at or after each top row; past the end it is the last, smaller one: no match.
+            at = np.minimum(np.searchsorted(rows, top), df - 1)
+            presence.append(rows[at] == top)
         else:
-            presence.append([False] * len(top_rows))
+            presence.append(np.zeros(len(top), dtype=bool))
         # BM25's (Lucene) idf; an unknown term gets the idf of df 0, the highest there is.
         idf.append(math.log(1.0 + (n - df + 0.5) / (df + 0.5)))
         known.append(df > 0)
-    best = -1
-    best_weight = -1.0
-    for j in range(len(top_rows)):
-        weight = sum(w for w, present in zip(idf, presence, strict=True) if present[j])
-        if weight > best_weight:  # ties keep the higher-ranked chunk
-            best, best_weight = j, weight
-    in_top = [present[best] for present in presence] if best >= 0 else [False] * len(idf)
-    return QueryTerms(tuple(idf), tuple(in_top), tuple(known))
+    if not len(top):
+        return QueryTerms(tuple(idf), (False,) * len(idf), tuple(known))
+    covered = np.array(presence, dtype=bool).reshape(len(idf), len(top))
+    best = int(np.argmax(np.array(idf) @ covered))  # the first of equals: ties keep the higher-ranked
+    return QueryTerms(tuple(idf), tuple(covered[:, best].tolist()), tuple(known))
 
 
 def compute_features(
