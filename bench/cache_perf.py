@@ -36,11 +36,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import orjson  # noqa: E402
+
 from gateway.cache.paraphrase import mismatch, question_shape  # noqa: E402
 from gateway.cache.settings import CachePolicy  # noqa: E402
 from gateway.cache.store import CacheStore, make_cache_store  # noqa: E402
 from gateway.context import RequestContext  # noqa: E402
 from gateway.policy import Policy  # noqa: E402
+from gateway.protocols import chat  # noqa: E402
 from gateway.response import GatewayResponse  # noqa: E402
 from gateway.retrieval.embedder import Embedder, LocalMiniLMEmbedder  # noqa: E402
 from middleware.cache import CacheStage  # noqa: E402
@@ -63,32 +66,29 @@ def report(line: str) -> None:
 
 
 def ctx_for(tenant: str, question: str) -> RequestContext:
-    return RequestContext(
-        request_id="bench",
-        started=time.perf_counter(),
-        endpoint="chat",
-        policy=Policy(tenant=tenant),
-        key_id="k",
-        body={"model": "m", "messages": [{"role": "user", "content": question}]},
-        model="m",
-        stream=False,
-        client_headers={},
+    return RequestContext.internal(
+        Policy(tenant=tenant),
+        {"model": "m", "messages": [{"role": "user", "content": question}]},
+        "bench",
+        "k",
     )
 
 
 async def upstream(ctx: RequestContext) -> GatewayResponse:
     text = "an answer " * 40
-    return GatewayResponse.of_json(
-        {
-            "id": "x",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "m",
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-            ],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 40, "total_tokens": 50},
-        }
+    return GatewayResponse(
+        raw=orjson.dumps(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "m",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 40, "total_tokens": 50},
+            }
+        )
     )
 
 
@@ -104,7 +104,7 @@ async def stage_bench(store: CacheStore, embedder: Embedder, pairs: list[dict[st
         ctx = ctx_for(tenant, pairs[0]["origin"])
         started = time.perf_counter()
         response = await stage.handle(ctx, upstream)
-        response.body()
+        chat.encode_json(response.completion(), ctx.request)
         exact.append((time.perf_counter() - started) * 1000)
         assert ctx.response_headers["x-gateway-cache"] == "hit"
     semantic: list[float] = []
@@ -112,7 +112,7 @@ async def stage_bench(store: CacheStore, embedder: Embedder, pairs: list[dict[st
         ctx = ctx_for(tenant, pair["similar"])
         started = time.perf_counter()
         response = await stage.handle(ctx, upstream)
-        response.body()
+        chat.encode_json(response.completion(), ctx.request)
         elapsed = (time.perf_counter() - started) * 1000
         if ctx.response_headers.get("x-gateway-cache") == "semantic-hit":
             semantic.append(elapsed)

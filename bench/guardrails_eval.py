@@ -140,16 +140,8 @@ async def blocked_rate(questions: list[str], ner: bool) -> dict[str, Any]:
     blocked: Counter[str] = Counter()
     findings: Counter[str] = Counter()
     for q in questions:
-        ctx = RequestContext(
-            "r",
-            0.0,
-            "chat",
-            Policy(tenant="t"),
-            "k",
-            {"model": "m", "messages": [{"role": "user", "content": q}]},
-            "m",
-            False,
-            {},
+        ctx = RequestContext.internal(
+            Policy(tenant="t"), {"model": "m", "messages": [{"role": "user", "content": q}]}, "r"
         )
         try:
             await guard.inspect(ctx)

@@ -31,9 +31,10 @@ from gateway.guardrails.pii import STRUCTURED_DETECTORS, scan_structured  # noqa
 from gateway.guardrails.settings import InputGuardrailsPolicy, OutputGuardrailsPolicy  # noqa: E402
 from gateway.guardrails.train_injection import SHARED  # noqa: E402
 from gateway.policy import Policy  # noqa: E402
+from gateway.protocols import chat  # noqa: E402
+from gateway.protocols.sse import DONE_EVENT, encode_event  # noqa: E402
 from gateway.response import GatewayResponse  # noqa: E402
 from gateway.retrieval.tokens import default_counter  # noqa: E402
-from gateway.sse import DONE_EVENT, encode_event  # noqa: E402
 from middleware.input_guardrails import build_guard  # noqa: E402
 from middleware.output_guardrails import OutputGuardrailsStage  # noqa: E402
 from middleware.output_guardrails import build_guard as build_output_guard  # noqa: E402
@@ -92,16 +93,8 @@ def input_bench(text: str, runs: int) -> dict[str, object]:
     async def stage_times() -> list[float]:
         times = []
         for _ in range(runs):
-            ctx = RequestContext(
-                "r",
-                0.0,
-                "chat",
-                policy,
-                "k",
-                {"model": "m", "messages": [{"role": "user", "content": text}]},
-                "m",
-                False,
-                {},
+            ctx = RequestContext.internal(
+                policy, {"model": "m", "messages": [{"role": "user", "content": text}]}, "r"
             )
             t = time.perf_counter()
             await guard.inspect(ctx)
@@ -158,13 +151,14 @@ async def stream_bench(runs: int) -> dict[str, object]:
         async def upstream(c: RequestContext) -> GatewayResponse:
             return GatewayResponse(stream=upstream_events())
 
-        ctx = RequestContext("r", 0.0, "chat", Policy(tenant="t"), "k", {"messages": []}, "m", True, {})
+        ctx = RequestContext.internal(Policy(tenant="t"), {"model": "m", "messages": [], "stream": True}, "r")
         response = await stage.handle(ctx, upstream)
+        client_stream = chat.encode_stream(response.events(), ctx.request, lambda error: None)
         t_start = time.perf_counter()
         first_out: float | None = None
         content_at: int | None = None
         n_out = 0
-        async for event in response.stream:  # type: ignore[union-attr]
+        async for event in client_stream:
             n_out += 1
             if first_out is None:
                 first_out = time.perf_counter()

@@ -26,8 +26,7 @@ from gateway.pricing import Pricing
 from gateway.response import GatewayResponse
 from gateway.state import make_state
 from gateway.state.settings import BudgetPolicy, RateLimitPolicy
-from middleware.budget import BudgetStage
-from middleware.rate_limit import RateLimitStage
+from middleware.admission import AdmissionStage
 
 PROMPT = (
     "You are a support assistant for an industrial pump manufacturer. Answer from the manual only.",
@@ -41,20 +40,11 @@ def make_ctx(tenant: str) -> RequestContext:
         "max_tokens": 256,
         "messages": [{"role": "system", "content": PROMPT[0]}, {"role": "user", "content": PROMPT[1]}],
     }
-    return RequestContext(
-        request_id=uuid.uuid4().hex,
-        started=time.perf_counter(),
-        endpoint="chat",
-        policy=Policy(tenant=tenant),
-        key_id="benchkey0001",
-        body=body,
-        model="gpt-4o-mini",
-        stream=False,
-        client_headers={},
-    )
+    return RequestContext.internal(Policy(tenant=tenant), body, uuid.uuid4().hex, "benchkey0001")
 
 
 async def upstream(ctx: RequestContext) -> GatewayResponse:
+    ctx.served_model = ctx.model  # as the router records an answer
     return GatewayResponse(
         raw=b'{"id":"c","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,'
         b'"message":{"role":"assistant","content":"Every 4,000 hours."},"finish_reason":"stop"}],'
@@ -94,15 +84,12 @@ async def main() -> None:
     deployment = DeploymentConfig(provider="openai", model="gpt-4o-mini")
     config = GatewayConfig(models=[ModelConfig(name="gpt-4o-mini", deployments=[deployment])])
     pricing = Pricing(config)
-    pricing.count_prompt("gpt-4o-mini", make_ctx("x").body)  # load the tokenizer before timing
+    pricing.warm()  # load the tokenizer before timing
     state = make_state(args.state)
     tenant = "bench" + uuid.uuid4().hex[:8]
     limits = RateLimitPolicy(enabled=True, rpm=10**9, tpm=10**12, per_key_rpm=10**9, per_key_tpm=10**12)
     budget = BudgetPolicy(enabled=True, daily_usd=10**6, monthly_usd=10**6, per_key_daily_usd=10**6)
-    chain = compose(
-        [RateLimitStage(limits, state, pricing, defer_to_budget=True), BudgetStage(budget, state, pricing)],
-        upstream,
-    )
+    chain = compose([AdmissionStage(limits, budget, state, pricing)], upstream)
     for handler in (chain, upstream):  # warm-up: connections, script load, caches
         await timed(handler, tenant, 200, args.concurrency)
     bare = await timed(upstream, tenant, args.requests, args.concurrency)

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.errors import GatewayError, bad_request
 from gateway.policy import TENANT_RE
-from middleware.auth import presented_key
+from middleware.auth import bearer_or_api_key
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -36,7 +36,7 @@ async def store_failure(gateway: Gateway, action: str, exc: Exception) -> Respon
     Either way the tenant's previous corpus stays live: writes go to a new generation that only
     becomes visible once complete.
     """
-    probe = gateway.services.extras.get("readiness", {}).get("vector_store")
+    probe = gateway.services.readiness.get("vector_store")
     try:
         reachable, _ = await asyncio.wait_for(probe(), timeout=2.0) if probe else (True, "")
     except Exception:
@@ -76,7 +76,7 @@ def check_admin(gateway: Gateway, request: Request) -> None:
             type="permission_error",
             code="admin_disabled",
         )
-    key = presented_key({k.lower(): v for k, v in request.headers.items()})
+    key = bearer_or_api_key({k.lower(): v for k, v in request.headers.items()})
     given = hashlib.sha256((key or "").encode()).digest()
     if not hmac.compare_digest(given, hashlib.sha256(expected.encode()).digest()):
         raise GatewayError(
@@ -98,7 +98,7 @@ def admin_tenant(gateway: Gateway, request: Request) -> str:
 
 
 def retrieval_service(gateway: Gateway) -> Any:
-    retrieval = gateway.services.extras.get("retrieval")
+    retrieval = gateway.services.retrieval
     if retrieval is None:
         raise GatewayError(
             409,

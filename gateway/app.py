@@ -20,11 +20,12 @@ from starlette.routing import Route
 from gateway.admin import ingest_documents, reindex_tenant, tenant_spend
 from gateway.chain import Handler, compose
 from gateway.config import DEFAULT_DEMO_KEY, DEMO_KEY_ENV, GatewayConfig, load_config
+from gateway.edge import ChatClient, EmbeddingsClient, ModelKind
 from gateway.errors import GatewayError, VectorStoreUnavailable
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.observability import Observability
 from gateway.policy import Policy, PolicySnapshot, PolicyStore, RetrievalPolicy, hash_key
-from gateway.proxy import OpenAIEndpoint, Receive, Scope, Send, request_headers
+from gateway.proxy import ProtocolEndpoint, Receive, Scope, Send, request_headers
 from gateway.services import (
     Services,
     build_services,
@@ -32,8 +33,8 @@ from gateway.services import (
     ingest_settings,
     policy_needs_embedder,
 )
-from middleware import build_stages
-from middleware.auth import authenticate
+from middleware import build_embedding_stages, build_stages
+from middleware.auth import authenticate, bearer_or_api_key
 
 log = logging.getLogger("rag_gateway.app")
 CONFIG_ENV = "RAG_GATEWAY_CONFIG"
@@ -77,9 +78,10 @@ class Gateway:
         self._watcher: asyncio.Task[None] | None = None
         self._index_watcher: asyncio.Task[None] | None = None
         self._startup_error: str | None = None  # what keeps the gateway from starting, in words
-        self._chat = OpenAIEndpoint(self, "chat")
-        self._embeddings = OpenAIEndpoint(self, "embeddings")
-        self._fast_routes = {"/v1/chat/completions": self._chat, "/v1/embeddings": self._embeddings}
+        self._fast_routes = {
+            "/v1/chat/completions": ProtocolEndpoint(self, ChatClient()),
+            "/v1/embeddings": ProtocolEndpoint(self, EmbeddingsClient()),
+        }
         self.starlette = Starlette(
             routes=[
                 Route("/healthz", self.healthz, methods=["GET"]),
@@ -157,7 +159,7 @@ class Gateway:
                 self.config.state.split("@")[-1],
             )
         self._watcher = asyncio.create_task(self.policies.watch())
-        if self.config.vector_store.url and "retrieval" in self.services.extras:
+        if self.config.vector_store.url and self.services.retrieval is not None:
             # Replicas share a Chroma server: pick up ingests and rebuilds made by other processes.
             self._index_watcher = asyncio.create_task(self._follow_indexes())
         log.info(
@@ -169,7 +171,7 @@ class Gateway:
     def _prepare_indexes(self) -> None:
         """Report stale indexes clearly, and ingest the configured seed corpora (incrementally)."""
         services = self.services
-        retrieval = services.extras.get("retrieval")
+        retrieval = services.retrieval
         if retrieval is None:
             return
         from gateway.retrieval.ingest import Ingestor, format_report
@@ -194,7 +196,9 @@ class Gateway:
             log.info("seed corpus for %r:\n%s", tenant, format_report(report))
 
     async def _follow_indexes(self, interval_s: float = 5.0) -> None:
-        store = self.services.extras["retrieval"].store
+        retrieval = self.services.retrieval
+        assert retrieval is not None
+        store = retrieval.store
         while True:
             await asyncio.sleep(interval_s)
             for tenant, policy in self.policies.snapshot.policies.items():
@@ -225,10 +229,10 @@ class Gateway:
         terminal = self._services.router.call
         tracer = self.observability.tracing.tracer
         for tenant, policy in snapshot.policies.items():
-            stages = build_stages(policy, self._services)
-            chains[(tenant, "chat")] = compose(stages, terminal, tracer)
-            # Embeddings skip the chat-only stages; they go straight to the router.
-            chains[(tenant, "embeddings")] = terminal
+            chains[(tenant, "chat")] = compose(build_stages(policy, self._services), terminal, tracer)
+            # Embeddings are admitted and accounted; the chat-only stages do not apply.
+            embedding_stages = build_embedding_stages(policy, self._services)
+            chains[(tenant, "embeddings")] = compose(embedding_stages, terminal, tracer)
         self._chains = chains
         # Everything loaded so far (litellm's tables, tokenizers, models) lives for the whole
         # process: move it out of the collector's reach, or each full collection walks millions of
@@ -238,9 +242,14 @@ class Gateway:
     def handler_for(self, tenant: str, endpoint: str) -> Handler:
         return self._chains[(tenant, endpoint)]
 
-    def serves(self, model: str, endpoint: str) -> bool:
-        mode = self._model_modes.get(model)
-        return mode == ("embedding" if endpoint == "embeddings" else "chat")
+    def serves(self, model: str, kind: ModelKind) -> bool:
+        return self._model_modes.get(model) == kind
+
+    def models_of(self, policy: Policy, kind: ModelKind) -> list[str]:
+        """The models of this kind the tenant may use (for "did you mean" in a 404)."""
+        return [
+            name for name, mode in self._model_modes.items() if mode == kind and policy.allows_model(name)
+        ]
 
     # -- plain routes -------------------------------------------------------------------------
 
@@ -266,7 +275,7 @@ class Gateway:
         checks["services"] = {"ok": self._services is not None}
         ready &= self._services is not None
         if self._services is not None:
-            for name, probe in self._services.extras.get("readiness", {}).items():
+            for name, probe in self._services.readiness.items():
                 try:
                     ok, detail = await asyncio.wait_for(probe(), timeout=2.0)
                 except Exception as exc:  # a probe that raises means "not ready", never a 500
@@ -281,7 +290,8 @@ class Gateway:
         )
 
     def _authenticated_policy(self, request: Request) -> Policy:
-        _, policy = authenticate(request_headers(request.scope), self.policies.snapshot)
+        key = bearer_or_api_key(request_headers(request.scope))
+        _, policy = authenticate(key, self.policies.snapshot, ChatClient.key_hint)
         return policy
 
     async def list_models(self, request: Request) -> Response:

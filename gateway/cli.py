@@ -119,10 +119,10 @@ def cmd_policy_schema(args: argparse.Namespace) -> int:
 
 
 def _retrieval(config: GatewayConfig) -> Any:
-    from gateway.services import build_retrieval, load_embedder
+    from gateway.services import load_embedder, open_retrieval
 
     embedder = load_embedder(config.retrieval.embedding_model, config)
-    return build_retrieval(config, embedder)["retrieval"]
+    return open_retrieval(config, embedder)[0]
 
 
 def _check_tenant(tenant: str) -> None:
@@ -356,7 +356,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"request {args.request_id} is not in {log_path} (or its rotated files)", file=sys.stderr)
         return 2
     status = 0
-    if entry.get("retrieval"):
+    retrieval = entry.get("retrieval")
+    if retrieval and retrieval.get("query") is None:
+        print(
+            f"request {args.request_id} was logged without its question: tenant {entry.get('tenant')!r} "
+            "has log_content: false, so no prompt or query text is kept. Replay needs the question; "
+            "set log_content: true in the tenant's policy to make later requests replayable.",
+            file=sys.stderr,
+        )
+        return 2
+    if retrieval:
         result = replay_retrieval(entry, _retrieval(config))
         print("\n".join(result.lines))
         status = 0 if result.identical else 1
@@ -370,10 +379,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _replay_full(config: GatewayConfig, entry: dict[str, Any]) -> int:
     """Send the logged request through the tenant's chain again, in-process."""
     import asyncio
-    import time
 
     from gateway.app import Gateway
     from gateway.context import RequestContext
+    from gateway.protocols import chat
 
     body = entry.get("request")
     if not isinstance(body, dict):
@@ -390,21 +399,11 @@ def _replay_full(config: GatewayConfig, entry: dict[str, Any]) -> int:
         try:
             policy = gateway.policies.snapshot.policies[entry["tenant"]]
             replay_body = {**body, "stream": False}
-            ctx = RequestContext(
-                request_id=f"replay-{entry['request_id']}",
-                started=time.perf_counter(),
-                endpoint=entry.get("endpoint", "chat"),
-                policy=policy,
-                key_id="replay",
-                body=replay_body,
-                model=entry["model"],
-                stream=False,
-                client_headers={},
-            )
-            response = await gateway.handler_for(policy.tenant, ctx.endpoint)(ctx)
+            ctx = RequestContext.internal(policy, replay_body, f"replay-{entry['request_id']}", "replay")
+            response = await gateway.handler_for(policy.tenant, "chat")(ctx)
             return {
                 "status": response.status,
-                "body": response.json(),
+                "body": chat.encode_json(response.completion(), ctx.request),
                 "decisions": [{"stage": d.stage, "action": d.action} for d in ctx.decisions],
             }
         finally:

@@ -17,6 +17,13 @@ from gateway.pricing import PriceOverride
 
 # Providers forwarded on the fast path: they speak the OpenAI wire format over HTTP.
 OPENAI_COMPATIBLE_PROVIDERS = frozenset({"openai", "openai_compatible", "azure", "vllm", "ollama"})
+ANTHROPIC_PROVIDER = "anthropic"  # spoken natively (the Messages API), no litellm
+Api = Literal["chat", "responses", "completions", "messages"]
+# What each provider speaks unless a deployment says otherwise (`apis:`).
+DEFAULT_APIS: dict[str, tuple[Api, ...]] = {
+    "openai": ("chat", "responses", "completions"),
+    ANTHROPIC_PROVIDER: ("messages",),
+}
 LOCAL_PROVIDER = "local"
 DEMO_KEY_ENV = "RAG_GATEWAY_DEMO_KEY"
 DEFAULT_DEMO_KEY = "sk-demo-rag-gateway"
@@ -73,10 +80,22 @@ class DeploymentConfig(_Strict):
         default_factory=dict,
         description="Extra litellm parameters for non-OpenAI providers (e.g. aws_region_name)",
     )
+    apis: list[Api] | None = Field(
+        default=None,
+        description="The APIs this deployment serves natively: requests in one of them are relayed "
+        "as sent; others are translated to chat (default: openai chat, responses, completions; "
+        "anthropic messages; every other provider chat)",
+    )
 
     @property
     def fast_path(self) -> bool:
-        return self.provider in OPENAI_COMPATIBLE_PROVIDERS
+        return self.provider in OPENAI_COMPATIBLE_PROVIDERS or self.provider == ANTHROPIC_PROVIDER
+
+    @property
+    def speaks(self) -> tuple[Api, ...]:
+        if self.apis:
+            return tuple(self.apis)
+        return DEFAULT_APIS.get(self.provider, ("chat",))
 
     @model_validator(mode="after")
     def _check_base(self) -> DeploymentConfig:

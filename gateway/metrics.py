@@ -1,7 +1,8 @@
 """Prometheus metrics, including the OpenTelemetry GenAI client metrics under their Prometheus names.
 
-Everything is derived at the end of a request from the request context (status, decisions,
-attempts, usage), in one place, so stages stay free of metric code. One registry per gateway.
+Everything is derived at the end of a request from its one `Summary` (status, decisions,
+attempts, usage, timings), in one place, so stages stay free of metric code. Every metric lives in
+the gateway's own registry.
 
 With several workers (`rag-gateway serve --workers N`) the CLI sets PROMETHEUS_MULTIPROC_DIR
 before the workers start, prometheus_client then keeps each worker's values in files there, and
@@ -17,13 +18,16 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from gateway.context import RequestContext
+from gateway.exchange import Summary
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Bucket boundaries recommended by the GenAI semantic conventions.
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The semantic conventions' recommended boundaries for these two.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -98,16 +102,37 @@ class Metrics:
             ["tenant", "stage", "rule"],
             registry=r,
         )
-        self.rate_limited = Counter(
+        self.rejections = Counter(
             "rag_gateway_rate_limit_rejections",
-            "429s from rate limits or budgets",
-            ["tenant", "stage"],
+            "429s from the admission stage, by what was over: rate_limit or budget",
+            ["tenant", "kind"],
             registry=r,
         )
         self.state_errors = Counter(
-            "rag_gateway_state_backend_errors",
-            "State backend (Redis) failures",
-            ["stage", "mode"],
+            "rag_gateway_state_unavailable",
+            "Requests whose limits, budgets or spend could not reach the state store, by what was done "
+            "(fail_open, fail_closed, settle_lost)",
+            ["action"],
+            registry=r,
+        )
+        self.unpriced = Counter(
+            "rag_gateway_unpriced_requests",
+            "Answers from a model with no known price (add it under `pricing:` in gateway.yaml)",
+            ["model"],
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "gen_ai_server_time_to_first_token_seconds",
+            "Time to the first generated token of a stream (gen_ai.server.time_to_first_token)",
+            ["gen_ai_operation_name", "gen_ai_request_model"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.time_per_output_token = Histogram(
+            "gen_ai_server_time_per_output_token_seconds",
+            "Time per generated chunk after the first (gen_ai.server.time_per_output_token)",
+            ["gen_ai_operation_name", "gen_ai_request_model"],
+            buckets=TPOT_BUCKETS,
             registry=r,
         )
 
@@ -119,46 +144,53 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def observe(self, ctx: RequestContext, status: int, duration_s: float) -> None:
-        tenant, model = ctx.tenant, ctx.model
+    def observe(self, summary: Summary) -> None:
+        tenant, model = summary.tenant, summary.model
         child = self._child
-        child(self.requests, tenant, model, ctx.endpoint, str(status)).inc()
-        child(self.request_duration, tenant, model).observe(duration_s)
-        child(self.overhead, tenant).observe(max(0.0, duration_s - ctx.upstream_s))
-        for stage, ms in ctx.stage_ms.items():
+        child(self.requests, tenant, model, summary.protocol, str(summary.status)).inc()
+        child(self.request_duration, tenant, model).observe(summary.duration_s)
+        child(self.overhead, tenant).observe(summary.overhead_s)
+        for stage, ms in summary.stage_ms.items():
             child(self.stage_duration, stage).observe(ms / 1000)
-        for attempt in ctx.attempts:
+        for attempt in summary.attempts:
             if attempt.outcome != "skipped":
-                self.upstream_duration.labels(attempt.model, attempt.outcome).observe(
+                child(self.upstream_duration, attempt.model, attempt.outcome).observe(
                     attempt.duration_ms / 1000
                 )
-        operation = "chat" if ctx.endpoint == "chat" else "embeddings"
-        error_type = "" if status < 400 else str(status)
-        child(self.operation_duration, operation, model, error_type).observe(duration_s)
-        usage = ctx.usage or {}
-        for kind, key in (("input", "prompt_tokens"), ("output", "completion_tokens")):
-            count = usage.get(key)
-            if isinstance(count, int):
-                self.token_usage.labels(operation, model, kind).observe(count)
-                self.tokens.labels(tenant, model, kind).inc(count)
-        if ctx.cost_usd:
-            self.cost.labels(tenant, model).inc(ctx.cost_usd)
-        for decision in ctx.decisions:
+        operation = summary.operation
+        error_type = "" if summary.status < 400 and summary.error is None else str(summary.status)
+        child(self.operation_duration, operation, model, error_type).observe(summary.duration_s)
+        if summary.ttft_s is not None:
+            child(self.time_to_first_token, operation, model).observe(summary.ttft_s)
+        if summary.tpot_s is not None:
+            child(self.time_per_output_token, operation, model).observe(summary.tpot_s)
+        usage = summary.usage
+        if usage is not None:
+            for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
+                child(self.token_usage, operation, model, kind).observe(count)
+                child(self.tokens, tenant, model, kind).inc(count)
+        if summary.cost_nanos:
+            child(self.cost, tenant, summary.served_model or model).inc(summary.cost_nanos / 1e9)
+        for decision in summary.decisions:
             stage, action = decision.stage, decision.action
             if stage == "cache":
                 # A miss whose nearest paraphrase was turned away by the paraphrase check counts
                 # apart: it shows how much recall verify_paraphrase costs a tenant.
                 rejected = action == "miss" and (decision.detail or {}).get("rejected")
-                self.cache.labels(tenant, "paraphrase-rejected" if rejected else action).inc()
+                child(self.cache, tenant, "paraphrase-rejected" if rejected else action).inc()
             elif stage == "refusal" and action == "refuse":
-                self.refusals.labels(tenant).inc()
+                child(self.refusals, tenant).inc()
             elif action == "block":
                 rule = str((decision.detail or {}).get("rule", "")) or "unknown"
-                self.guardrail_blocks.labels(tenant, stage, rule).inc()
-            elif action in ("reject", "rate_limited"):
-                self.rate_limited.labels(tenant, stage).inc()
-            elif action in ("state_error", "fail_open", "fail_closed"):
-                self.state_errors.labels(stage, action).inc()
+                child(self.guardrail_blocks, tenant, stage, rule).inc()
+            elif stage == "admission":
+                if action == "reject":
+                    kind = "budget" if "budget" in (decision.detail or {}) else "rate_limit"
+                    child(self.rejections, tenant, kind).inc()
+                elif action in ("fail_open", "fail_closed", "settle_lost"):
+                    child(self.state_errors, action).inc()
+                elif action == "unpriced":
+                    child(self.unpriced, str((decision.detail or {}).get("model", ""))).inc()
 
     def render(self) -> bytes:
         if os.environ.get(MULTIPROCESS_ENV):

@@ -1,42 +1,50 @@
-"""What a request costs, in tokens and in dollars, computed offline.
+"""What a request costs, in tokens and in dollars, computed offline and without importing litellm.
 
-Tokens: litellm's `token_counter` with the model's tokenizer. Its OpenAI encodings (cl100k,
-o200k, p50k) and the Anthropic and DeepSeek tokenizers ship inside the litellm wheel, and
-importing litellm points TIKTOKEN_CACHE_DIR at them, so counting never downloads. Two of its
-paths would go to the network, and both are closed here: Llama and Cohere models load their
-tokenizer from the Hugging Face hub (here they are counted with cl100k instead), and image parts
-are fetched to measure them (here they get litellm's default image size).
+Dollars: a `pricing:` override from gateway.yaml (by public model name) wins; otherwise the price
+map litellm ships as a JSON file (`model_prices_and_context_window_backup.json`), read as data:
+importing litellm itself costs seconds and ~250 MB, and only its litellm providers need it. A
+public model with several deployments is priced at its most expensive one, so a budget is never
+undercounted. The built-in local models cost nothing. A model with no known price is counted but
+not priced, and one warning names the model and the `pricing:` line that fixes it.
 
-Dollars: a `pricing:` override from gateway.yaml (by public model name) wins; otherwise
-litellm's bundled price map (LITELLM_LOCAL_MODEL_COST_MAP=True keeps it from fetching a newer
-one). A public model with several deployments is priced at its most expensive one, so a budget
-is never undercounted. A model with no known price costs 0 and is logged once.
+Tokens: tiktoken with the encoding the model uses (o200k for the gpt-4o/4.1/5 and o-series
+families, cl100k otherwise), loaded from the encoding files inside the litellm wheel (so counting
+never downloads); Claude models with the Anthropic tokenizer file shipped beside them. Messages
+are counted the way OpenAI documents it (a few tokens of framing per message); images count as a
+fixed size, never fetched.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
-import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.protocols.model import Usage
 from gateway.state.base import NANOS_PER_USD
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
+    from gateway.protocols.request import GatewayRequest
 
 log = logging.getLogger("rag_gateway.pricing")
 
-# Tokenizer kinds litellm reads from its own package; every other kind is a hub download.
-_BUNDLED_TOKENIZER_KINDS = frozenset({"anthropic", "deepseek"})
-_HUB_TOKENIZER_RE = re.compile(r"llama|command-r|replicate", re.I)
-# Our provider names that litellm knows under another name.
-_LITELLM_PROVIDER = {"vllm": "hosted_vllm", "openai_compatible": "openai"}
+PRICE_MAP_FILE = "model_prices_and_context_window_backup.json"
+# Our provider names that the price map knows under another name.
+_MAP_PROVIDER = {"vllm": "hosted_vllm", "openai_compatible": "openai"}
+LOCAL_PROVIDER = "local"
+IMAGE_TOKENS = 765  # a 1024x1024 image at high detail: an estimate, the image is never fetched
+TOKENS_PER_MESSAGE = 3
+REPLY_PRIMING_TOKENS = 3
 
 
 class PriceOverride(BaseModel):
@@ -46,6 +54,9 @@ class PriceOverride(BaseModel):
 
     input_per_1k: float = Field(ge=0, description="USD per 1,000 prompt tokens")
     output_per_1k: float = Field(ge=0, description="USD per 1,000 completion tokens")
+    cached_input_per_1k: float | None = Field(
+        default=None, ge=0, description="USD per 1,000 prompt tokens read from the provider's cache"
+    )
     max_output_tokens: int | None = Field(
         default=None, ge=1, description="The model's completion limit, for worst-case estimates"
     )
@@ -56,7 +67,8 @@ class Price:
     input_per_token: float
     output_per_token: float
     max_output_tokens: int | None
-    source: str  # "override", "litellm:<price map key>", or "unknown"
+    source: str  # "override", "map:<price map key>", "local", or "unknown"
+    cached_input_per_token: float | None = None
 
     @property
     def known(self) -> bool:
@@ -64,46 +76,126 @@ class Price:
 
 
 UNKNOWN_PRICE = Price(0.0, 0.0, None, "unknown")
+FREE = Price(0.0, 0.0, None, "local")
 
 
-def _litellm() -> Any:
-    # Importing litellm takes seconds: only the stages that need it pay, once.
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm
+def _litellm_data_dir() -> Path | None:
+    """Where the litellm package keeps its data files, found without importing it."""
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
 
-    return litellm
 
-
-def _downloads_tokenizer(model: str) -> bool:
-    try:
-        from litellm.utils import huggingface_tokenizer_kind
-    except ImportError:  # another litellm version: judge by the name like it does
-        return bool(_HUB_TOKENIZER_RE.search(model))
-    kind = huggingface_tokenizer_kind(model)
-    return kind is not None and kind not in _BUNDLED_TOKENIZER_KINDS
+@lru_cache(maxsize=1)
+def price_map() -> dict[str, Any]:
+    """litellm's bundled price map, read once (a few MB of JSON, parsed in ~20 ms)."""
+    folder = _litellm_data_dir()
+    path = folder / PRICE_MAP_FILE if folder is not None else None
+    if path is None or not path.is_file():
+        log.warning("no bundled price map found (litellm not installed?): only `pricing:` overrides apply")
+        return {}
+    return orjson.loads(path.read_bytes())
 
 
 def _price_from_map(model: str, provider: str) -> Price | None:
-    litellm = _litellm()
-    attempts: list[tuple[str, str | None]] = [
-        (model, _LITELLM_PROVIDER.get(provider, provider)),
-        (model, None),
-    ]
-    for name, custom_provider in attempts:
-        try:
-            info = litellm.get_model_info(name, custom_llm_provider=custom_provider)
-        except Exception:  # litellm raises several kinds for "not in the map"
+    table = price_map()
+    mapped = _MAP_PROVIDER.get(provider, provider)
+    for key in (f"{mapped}/{model}", model, model.split("/", 1)[-1]):
+        info = table.get(key)
+        if not isinstance(info, dict):
             continue
         inp, out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
         if inp is None and out is None:
             continue
         max_out = info.get("max_output_tokens") or info.get("max_tokens")
-        return Price(float(inp or 0), float(out or 0), max_out, f"litellm:{info.get('key') or name}")
+        cached = info.get("cache_read_input_token_cost")
+        return Price(
+            float(inp or 0),
+            float(out or 0),
+            max_out if isinstance(max_out, int) else None,
+            f"map:{key}",
+            float(cached) if isinstance(cached, int | float) else None,
+        )
     return None
 
 
+# -- tokenizers ---------------------------------------------------------------------------------
+
+Counter = Callable[[str], int]
+_O200K_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o", "gpt-oss")
+_tokenizer_lock = threading.Lock()
+
+
+@lru_cache(maxsize=8)
+def _tiktoken_counter(encoding: str) -> Counter:
+    folder = _litellm_data_dir()
+    if folder is not None and "TIKTOKEN_CACHE_DIR" not in os.environ:
+        # The encoding files litellm ships, named as tiktoken's cache names them.
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(folder / "litellm_core_utils" / "tokenizers")
+    import tiktoken
+
+    with _tokenizer_lock:
+        enc = tiktoken.get_encoding(encoding)
+    return lambda text: len(enc.encode_ordinary(text))
+
+
+@lru_cache(maxsize=1)
+def _claude_counter() -> Counter:
+    folder = _litellm_data_dir()
+    path = folder / "litellm_core_utils" / "tokenizers" / "anthropic_tokenizer.json" if folder else None
+    if path is None or not path.is_file():
+        return _tiktoken_counter("cl100k_base")
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def counter_for(model: str) -> Counter:
+    name = model.lower().rsplit("/", 1)[-1]
+    if "claude" in name:
+        return _claude_counter()
+    if name.startswith(_O200K_PREFIXES):
+        return _tiktoken_counter("o200k_base")
+    return _tiktoken_counter("cl100k_base")
+
+
+def _content_tokens(content: Any, count: Counter) -> int:
+    if isinstance(content, str):
+        return count(content)
+    total = 0
+    if isinstance(content, list):
+        for part in content:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") in ("image_url", "input_image", "image"):
+                total += IMAGE_TOKENS
+            elif isinstance(part.get("text"), str):
+                total += count(part["text"])
+    return total
+
+
+def count_messages(messages: Sequence[Mapping[str, Any]], tools: Any, count: Counter) -> int:
+    """OpenAI's documented framing: 3 tokens per message, 1 per name, 3 to prime the reply."""
+    total = REPLY_PRIMING_TOKENS
+    for message in messages:
+        if not isinstance(message, Mapping):
+            continue
+        total += TOKENS_PER_MESSAGE + _content_tokens(message.get("content"), count)
+        if isinstance(message.get("name"), str):
+            total += 1 + count(message["name"])
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, Mapping) else None
+            if isinstance(function, Mapping):
+                total += count(str(function.get("name") or "")) + count(str(function.get("arguments") or ""))
+    if tools:
+        total += count(orjson.dumps(tools).decode())
+    return total
+
+
 class Pricing:
-    """Prices and token counts per public model name; lookups are resolved once and cached."""
+    """Prices and token counts per public model name; lookups are resolved once per policy load."""
 
     def __init__(
         self,
@@ -116,9 +208,8 @@ class Pricing:
                 self._deployments[model.name] = [(d.provider, d.model) for d in model.deployments]
         self._overrides = dict(overrides or {})
         self._prices: dict[str, Price] = {}
-        self._tokenizer_models: dict[str, str | None] = {}
+        self._counters: dict[str, Counter] = {}
         self._lock = threading.Lock()
-        self.litellm = _litellm()
 
     def price(self, model: str) -> Price:
         cached = self._prices.get(model)
@@ -129,8 +220,10 @@ class Pricing:
             self._prices[model] = price
         if not price.known:
             log.warning(
-                "no price known for model %r: its requests count as $0 against budgets; "
-                "add it under `pricing:` in gateway.yaml",
+                "no price known for model %r: its requests are counted but not priced and get no "
+                "x-gateway-cost-usd; add it to gateway.yaml, e.g. `pricing: {%s: {input_per_1k: 0.0005, "
+                "output_per_1k: 0.0015}}`",
+                model,
                 model,
             )
         return price
@@ -143,10 +236,14 @@ class Pricing:
                 override.output_per_1k / 1000,
                 override.max_output_tokens,
                 "override",
+                None if override.cached_input_per_1k is None else override.cached_input_per_1k / 1000,
             )
+        deployments = self._deployments.get(model, [])
+        if deployments and all(provider == LOCAL_PROVIDER for provider, _ in deployments):
+            return FREE
         found = [
             p
-            for p in (_price_from_map(m, prov) for prov, m in self._deployments.get(model, []))
+            for p in (_price_from_map(m, prov) for prov, m in deployments if prov != LOCAL_PROVIDER)
             if p is not None
         ]
         if not found and model not in self._deployments:
@@ -156,59 +253,55 @@ class Pricing:
         # The most expensive deployment: a budget must not be undercounted whichever one serves.
         return max(found, key=lambda p: (p.input_per_token + p.output_per_token, p.max_output_tokens or 0))
 
-    def tokenizer_model(self, model: str) -> str | None:
-        """The name litellm should pick a tokenizer by; None means its default (cl100k)."""
-        if model in self._tokenizer_models:
-            return self._tokenizer_models[model]
-        deployments = self._deployments.get(model)
-        name = deployments[0][1] if deployments else model
-        chosen = None if _downloads_tokenizer(name) else name
-        self._tokenizer_models[model] = chosen
-        return chosen
+    def counter(self, model: str) -> Counter:
+        count = self._counters.get(model)
+        if count is None:
+            deployments = self._deployments.get(model)
+            count = self._counters[model] = counter_for(deployments[0][1] if deployments else model)
+        return count
 
     def count_prompt(self, model: str, body: Mapping[str, Any]) -> int:
-        messages = body.get("messages") or []
-        tools = body.get("tools") or None
-        try:
-            return int(
-                self.litellm.token_counter(
-                    model=self.tokenizer_model(model) or "",
-                    messages=messages,
-                    tools=tools,
-                    use_default_image_token_count=True,  # never fetch an image URL to size it
-                )
-            )
-        except Exception:  # odd content must not fail the request: estimate from its size
-            import orjson
-
-            return len(orjson.dumps(messages)) // 4 + 1
+        return count_messages(body.get("messages") or (), body.get("tools"), self.counter(model))
 
     def count_text(self, model: str, text: str) -> int:
-        if not text:
-            return 0
-        try:
-            return int(self.litellm.token_counter(model=self.tokenizer_model(model) or "", text=text))
-        except Exception:
-            return len(text) // 4 + 1
+        return self.counter(model)(text) if text else 0
 
-    def max_output_tokens(self, model: str, body: Mapping[str, Any], default: int) -> int:
+    def max_output_tokens(self, model: str, request: GatewayRequest, default: int) -> int:
         """The worst case the request allows: its own cap, else the model's, else `default`; times n."""
-        asked = body.get("max_completion_tokens") or body.get("max_tokens")
+        asked = request.max_output_tokens()
         limit = self.price(model).max_output_tokens
-        if isinstance(asked, int) and asked > 0:
+        if asked is not None:
             cap = min(asked, limit) if limit else asked
         else:
             cap = limit or default
-        choices = body.get("n")
-        return cap * (choices if isinstance(choices, int) and choices > 1 else 1)
+        return cap * request.choices()
 
     def cost_nanos(self, model: str, prompt_tokens: int, completion_tokens: int) -> int:
         price = self.price(model)
         usd = prompt_tokens * price.input_per_token + completion_tokens * price.output_per_token
         return round(usd * NANOS_PER_USD)
 
+    def usage_nanos(self, model: str, usage: Usage) -> int:
+        """The cost of a settled answer; prompt tokens served from the provider's cache at its price."""
+        price = self.price(model)
+        cached = min(usage.cached_input_tokens, usage.input_tokens) if price.cached_input_per_token else 0
+        usd = (
+            (usage.input_tokens - cached) * price.input_per_token
+            + cached * (price.cached_input_per_token or 0.0)
+            + usage.output_tokens * price.output_per_token
+        )
+        return round(usd * NANOS_PER_USD)
+
+    def warm(self) -> None:
+        """Resolve every configured model's price and tokenizer now, not on a client's request."""
+        for model in self._deployments:
+            self.price(model)
+            self.count_text(model, "warm up")
+
 
 def format_usd(nanos: int) -> str:
     """Dollars with enough digits for a one-token request (gpt-4o-mini input is $0.00000015)."""
+    if nanos == 0:
+        return "0"
     text = f"{nanos / NANOS_PER_USD:.9f}".rstrip("0")
     return text + "0" if text.endswith(".") else text

@@ -1,8 +1,10 @@
-"""The hot path: `/v1/chat/completions` and `/v1/embeddings` as plain ASGI handlers.
+"""The hot path: every generating and embedding route, as plain ASGI, whatever its protocol.
 
 Plain ASGI (not a Starlette endpoint) because every request goes through here: we read the body
 once with a size limit, watch for the client going away (and cancel the upstream call when it
-does), and write headers and SSE bytes straight to the server.
+does), and write headers and SSE bytes straight to the server. The route's `ClientProtocol`
+decodes the request into the internal form and encodes the answer (or the error) in the client's
+own wire format; an upstream answer already in that format is relayed as its bytes.
 """
 
 from __future__ import annotations
@@ -13,19 +15,19 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.trace import Span, SpanKind, StatusCode
+import orjson
+from opentelemetry.trace import Span, SpanKind
 
 from gateway.context import RequestContext
-from gateway.errors import GatewayError
-from gateway.request_log import entry_for
+from gateway.edge import ClientProtocol
+from gateway.errors import ClientGone, GatewayError
+from gateway.exchange import Exchange
+from gateway.protocols.model import Events, Start
 from gateway.response import GatewayResponse
-from gateway.sse import error_event
-from gateway.telemetry import usage_attributes
-from gateway.upstreams.openai_http import StreamInterrupted
-from gateway.validation import parse_json_object, validate_chat, validate_embeddings
+from gateway.validation import parse_json_object
 from middleware.auth import authenticate, check_model
 
 if TYPE_CHECKING:
@@ -90,19 +92,16 @@ def _too_large(limit: int) -> GatewayError:
     )
 
 
-def _usage_of(response: GatewayResponse) -> dict[str, Any] | None:
-    try:
-        usage = response.json().get("usage")
-    except ValueError:  # not JSON: nothing to count
-        return None
-    return usage if isinstance(usage, dict) else None
+def internal_error(request_id: str) -> GatewayError:
+    return GatewayError(
+        500,
+        f"The gateway failed to handle this request (request id {request_id}).",
+        type="server_error",
+        code="internal_error",
+    )
 
 
-class ClientGone(Exception):
-    """The client disconnected before we answered."""
-
-
-def _header_list(ctx: RequestContext | None, request_id: str, started: float, extra: dict[str, str]) -> list:
+def header_list(ctx: RequestContext | None, request_id: str, started: float, extra: dict[str, str]) -> list:
     upstream_s = ctx.upstream_s if ctx is not None else 0.0
     overhead_ms = (time.perf_counter() - started - upstream_s) * 1000
     headers = [
@@ -115,30 +114,14 @@ def _header_list(ctx: RequestContext | None, request_id: str, started: float, ex
     return headers
 
 
-async def send_error(
-    send: Send, error: GatewayError, request_id: str, started: float, ctx: RequestContext | None
-):
-    headers = JSON_HEADERS + _header_list(ctx, request_id, started, error.headers)
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": error.body()})
+class ProtocolEndpoint:
+    """One route (chat completions, responses, messages, completions, embeddings) through auth,
+    the tenant's chain and the router."""
 
-
-@dataclass(slots=True)
-class Exchange:
-    """How one request ended, for the request log, the metrics and the SERVER span."""
-
-    status: int = 200
-    error: str | None = None
-    response_body: dict[str, Any] | None = None
-
-
-class OpenAIEndpoint:
-    """One OpenAI route ("chat" or "embeddings") through auth, the tenant's chain and the router."""
-
-    def __init__(self, gateway: Gateway, endpoint: str) -> None:
+    def __init__(self, gateway: Gateway, protocol: ClientProtocol) -> None:
         self.gateway = gateway
-        self.endpoint = endpoint
-        self.operation = "chat" if endpoint == "chat" else "embeddings"
+        self.protocol = protocol
+        self.chain_kind = "embeddings" if protocol.model_kind == "embedding" else "chat"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -173,171 +156,211 @@ class OpenAIEndpoint:
     ) -> None:
         ctx: RequestContext | None = None
         exchange = Exchange()
+        protocol = self.protocol
         try:
             if scope["method"] != "POST":
                 raise GatewayError(
                     405, f"Method {scope['method']} is not allowed here; use POST.", code="method_not_allowed"
                 )
-            owner, policy = authenticate(headers, self.gateway.policies.snapshot)
+            owner, policy = authenticate(
+                protocol.presented_key(headers), self.gateway.policies.snapshot, protocol.key_hint
+            )
             body = parse_json_object(
                 await read_body(receive, headers, self.gateway.config.server.max_body_bytes)
             )
-            if self.endpoint == "chat":
-                model, stream = validate_chat(body)
-            else:
-                model, stream = validate_embeddings(body), False
-            check_model(policy, model, self.gateway.serves(model, self.endpoint))
+            request = await protocol.decode(body, headers, policy.tenant)
+            known = self.gateway.serves(request.model, protocol.model_kind)
+            check_model(policy, request.model, known, self.gateway.models_of(policy, protocol.model_kind))
             ctx = RequestContext(
                 request_id=request_id,
                 started=started,
-                endpoint=self.endpoint,
                 policy=policy,
                 key_id=owner.key_id,
-                body=body,
-                model=model,
-                stream=stream,
+                request=request,
                 client_headers=headers,
             )
             if span is not None:
                 span.set_attributes(
                     {
                         "gateway.tenant": policy.tenant,
-                        "gen_ai.request.model": model,
-                        "gen_ai.operation.name": self.operation,
+                        "gateway.protocol": protocol.name,
+                        "gen_ai.request.model": request.model,
+                        "gen_ai.operation.name": ctx.operation,
                     }
                 )
             await self._run(ctx, receive, send, exchange)
         except GatewayError as error:
-            exchange.status, exchange.error = error.status, f"{error.code}: {error.message}"
-            await send_error(send, error, request_id, started, ctx)
+            exchange.fail(error.status, f"{error.code}: {error.message}")
+            await self._send_error(send, error, request_id, started, ctx)
         except ClientGone:
-            exchange.status, exchange.error = 499, "client disconnected before the body was read"
+            exchange.fail(499, "client disconnected before the body was read")
+            exchange.client_gone = True
             log.info("request %s: client disconnected before the body was read", request_id)
         except Exception:
             # A bug of ours: the client gets an envelope and the request id, the log the traceback.
             log.exception("request %s failed", request_id)
-            error = GatewayError(
-                500,
-                f"The gateway failed to handle this request (request id {request_id}).",
-                type="server_error",
-                code="internal_error",
-            )
-            exchange.status, exchange.error = 500, "internal_error"
-            await send_error(send, error, request_id, started, ctx)
+            exchange.fail(500, "internal_error")
+            await self._send_error(send, internal_error(request_id), request_id, started, ctx)
         finally:
-            self._record(ctx, exchange, span, started)
+            self.gateway.observability.record(ctx, exchange, span, self.protocol.name)
 
-    def _record(
-        self, ctx: RequestContext | None, exchange: Exchange, span: Span | None, started: float
+    async def _send_error(
+        self, send: Send, error: GatewayError, request_id: str, started: float, ctx: RequestContext | None
     ) -> None:
-        observability = self.gateway.observability
-        duration_s = time.perf_counter() - started
-        if span is not None:
-            span.set_attribute("http.response.status_code", exchange.status)
-            if exchange.status >= 500:
-                span.set_status(StatusCode.ERROR, exchange.error or "")
-            if ctx is not None and ctx.usage:
-                span.set_attributes(usage_attributes(ctx.usage))
-        if ctx is None:
-            observability.metrics.requests.labels("", "", self.endpoint, str(exchange.status)).inc()
-            return
-        observability.metrics.observe(ctx, exchange.status, duration_s)
-        if observability.request_log.enabled:
-            trace_id = format(span.get_span_context().trace_id, "032x") if span is not None else None
-            observability.request_log.write(
-                entry_for(ctx, exchange.status, exchange.error, trace_id, exchange.response_body)
-            )
+        status, body = self.protocol.error_response(error)
+        headers = JSON_HEADERS + header_list(ctx, request_id, started, error.headers)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     async def _run(self, ctx: RequestContext, receive: Receive, send: Send, exchange: Exchange) -> None:
         task = asyncio.current_task()
         assert task is not None
-        state = {"done": False, "gone": False}
+        watching = {"answered": False, "gone": False}
 
         async def watch_disconnect() -> None:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    if not state["done"]:
-                        state["gone"] = True
+                    # After the last byte went out the server reports a disconnect as well: that is
+                    # the end of a complete exchange, not a client that left.
+                    if not watching["answered"]:
+                        watching["gone"] = True
                         task.cancel()
                     return
 
         watcher = asyncio.create_task(watch_disconnect())
+        response: GatewayResponse | None = None
         try:
-            handler = self.gateway.handler_for(ctx.tenant, self.endpoint)
-            response = await handler(ctx)
+            response = await self.gateway.handler_for(ctx.tenant, self.chain_kind)(ctx)
             exchange.status = response.status
-            if response.stream is not None:
-                await send_stream(ctx, response, send, exchange)
+            if response.is_stream:
+                await send_stream(ctx, response, send, exchange, self.protocol, watching)
             else:
-                if ctx.usage is None and response.status == 200:
-                    ctx.usage = _usage_of(response)
-                if ctx.policy.log_content:
-                    exchange.response_body = response.json()
-                await self._send_json(ctx, response, send)
-            state["done"] = True
+                await self._send_json(ctx, response, send, exchange, watching)
         except asyncio.CancelledError:
-            if not state["gone"]:
+            if not watching["gone"]:
                 raise
             task.uncancel()
-            exchange.status, exchange.error = 499, "client disconnected"
+            exchange.fail(499, "client disconnected")
+            exchange.client_gone = True
             ctx.decide("proxy", "client_disconnected")
             log.info("request %s: client disconnected; upstream call cancelled", ctx.request_id)
         finally:
             watcher.cancel()
+            if response is not None:
+                # Every stage's clean-up (settling usage, closing the upstream) runs now, however
+                # far the stream got; shielded so a client hanging up cannot interrupt it.
+                await asyncio.shield(response.aclose())
+                ctx.upstream_s += response.wait.waited_s
 
-    async def _send_json(self, ctx: RequestContext, response: GatewayResponse, send: Send) -> None:
-        body = response.body()
-        headers = JSON_HEADERS + _header_list(ctx, ctx.request_id, ctx.started, response.headers)
+    async def _send_json(
+        self,
+        ctx: RequestContext,
+        response: GatewayResponse,
+        send: Send,
+        exchange: Exchange,
+        watching: dict[str, bool],
+    ) -> None:
+        protocol = self.protocol
+        if response.is_raw and response.wire == protocol.name and response.raw is not None:
+            body = response.raw
+        else:
+            completion = response.completion()
+            completion.model = ctx.served_model or ctx.model
+            body = protocol.encode_json(completion, ctx.request, ctx.tenant)
+        if ctx.policy.log_content:
+            exchange.response_body = orjson.loads(body)
+        headers = JSON_HEADERS + header_list(ctx, ctx.request_id, ctx.started, response.headers)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        watching["answered"] = True
+        exchange.ended = time.perf_counter()
         await send({"type": "http.response.body", "body": body})
 
+async def send_stream(
+    ctx: RequestContext,
+    response: GatewayResponse,
+    send: Send,
+    exchange: Exchange,
+    protocol: ClientProtocol,
+    watching: dict[str, bool] | None = None,
+) -> None:
+    """Relay or encode a stream. A failure after the headers went out ends the stream with the
+    protocol's error event (never a quiet end that passes a truncated answer off as complete);
+    a failing `send` means the client is gone (499). The stream is always closed before this
+    returns, so every stage's clean-up (settling usage, returning the upstream connection) runs
+    now, however far the client read."""
+    watching = watching if watching is not None else {}
 
-async def send_stream(ctx: RequestContext, response: GatewayResponse, send: Send, exchange: Exchange) -> None:
-    """Relay an SSE response. The stream is started before the headers go out and always closed:
-    a client that hangs up at any point still runs the stages' clean-up (settling usage and spend,
-    returning or dropping the upstream connection) now, not whenever the collector gets to it.
-    A failing stream ends with an error event; a failing `send` means the client is gone (499)."""
-    assert response.stream is not None
-    stream = response.stream
+    def report(error: GatewayError) -> None:
+        ctx.decide("proxy", "stream_interrupted", reason=error.message)
+        exchange.error = f"{error.code}: {error.message}"
+        log.warning("request %s: stream interrupted: %s", ctx.request_id, error.message)
+
+    if response.is_raw and response.wire == protocol.name and response.stream is not None:
+        chunks = _relay(response.stream, protocol, report, ctx.request_id)
+    else:
+        events = _public_model(_guarded(response.events(), ctx), ctx.served_model or ctx.model)
+        chunks = protocol.encode_stream(events, ctx.request, ctx.tenant, report)
     try:
         # The router already waited for the upstream's first bytes, so this costs no latency.
-        chunk, failure = await _next_chunk(ctx, stream, exchange)
-        headers = SSE_HEADERS + _header_list(ctx, ctx.request_id, ctx.started, response.headers)
+        chunk = await anext(chunks, None)
+        headers = SSE_HEADERS + header_list(ctx, ctx.request_id, ctx.started, response.headers)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         while chunk is not None:
-            if chunk:  # a stage may yield b"" for an event it dropped
+            if chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            chunk, failure = await _next_chunk(ctx, stream, exchange)
-        if failure:
-            # Headers are gone already: end with an error event the openai SDK raises, never a
-            # quiet end that would pass a truncated answer off as complete.
-            await send({"type": "http.response.body", "body": failure, "more_body": True})
+            chunk = await anext(chunks, None)
+        watching["answered"] = True
+        exchange.ended = time.perf_counter()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     except OSError as exc:  # ASGI servers that raise on a closed connection (uvicorn drops quietly)
-        exchange.status, exchange.error = 499, f"client disconnected mid-stream: {exc}"
+        exchange.fail(499, f"client disconnected mid-stream: {exc}")
+        exchange.client_gone = True
         ctx.decide("proxy", "client_disconnected")
         log.info("request %s: client disconnected mid-stream", ctx.request_id)
     finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await asyncio.shield(aclose())
+        await asyncio.shield(_close(chunks, response))
 
 
-async def _next_chunk(
-    ctx: RequestContext, stream: AsyncIterator[bytes], exchange: Exchange
-) -> tuple[bytes | None, bytes]:
-    """(the next chunk, b""), or at the end (None, the error event to send if the stream failed)."""
+async def _close(chunks: AsyncIterator[bytes], response: GatewayResponse) -> None:
+    await chunks.aclose()  # type: ignore[attr-defined]
+    await response.aclose()
+
+
+async def _relay(
+    stream: AsyncIterator[bytes],
+    protocol: ClientProtocol,
+    report: Callable[[GatewayError], None],
+    request_id: str,
+) -> AsyncIterator[bytes]:
     try:
-        return await anext(stream, None), b""
-    except (StreamInterrupted, GatewayError) as exc:
-        message = exc.message if isinstance(exc, GatewayError) else str(exc)
-        ctx.decide("proxy", "stream_interrupted", reason=message)
-        exchange.error = f"stream_interrupted: {message}"
-        log.warning("request %s: stream interrupted: %s", ctx.request_id, message)
-        return None, error_event(message)
+        async for chunk in stream:
+            yield chunk
+    except GatewayError as error:
+        report(error)
+        yield protocol.stream_error(error)
     except Exception:
+        log.exception("request %s: stream failed", request_id)
+        error = internal_error(request_id)
+        report(error)
+        yield protocol.stream_error(error)
+
+
+async def _guarded(events: Events, ctx: RequestContext) -> Events:
+    """Events, with a bug of ours mid-stream turned into a 500 the encoder can render."""
+    try:
+        async for event in events:
+            yield event
+    except GatewayError:
+        raise
+    except Exception as exc:
         log.exception("request %s: stream failed", ctx.request_id)
         ctx.decide("proxy", "stream_failed")
-        exchange.error = "stream_failed"
-        return None, error_event("the gateway failed mid-stream", type="server_error", code="internal_error")
+        raise internal_error(ctx.request_id) from exc
+
+
+async def _public_model(events: Events, model: str) -> Events:
+    """Answers the gateway encodes name the public model the client asked for (a fallback's name
+    if one answered), never the upstream's internal one."""
+    async for event in events:
+        yield replace(event, model=model) if isinstance(event, Start) else event

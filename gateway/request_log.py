@@ -18,7 +18,8 @@ from typing import Any, BinaryIO
 import orjson
 
 from gateway.config import RequestLogConfig
-from gateway.context import RequestContext
+from gateway.exchange import Summary
+from gateway.state.base import NANOS_PER_USD
 
 FLUSH_INTERVAL_S = 0.05
 # Lines waiting for the writer; beyond this (a stalled disk or stdout) the oldest are dropped
@@ -50,8 +51,12 @@ class RequestLog:
 
     def write(self, entry: dict[str, Any]) -> None:
         if self.enabled:
+            try:
+                line = orjson.dumps(entry, default=str, option=orjson.OPT_APPEND_NEWLINE)
+            except (TypeError, orjson.JSONEncodeError):  # e.g. an integer past 64 bits in a body
+                line = orjson.dumps(_encodable(entry), default=str, option=orjson.OPT_APPEND_NEWLINE)
             # deque.append is atomic: the writer thread pops from the other end.
-            self._pending.append(orjson.dumps(entry, default=str, option=orjson.OPT_APPEND_NEWLINE))
+            self._pending.append(line)
 
     def close(self) -> None:
         if self._thread is not None:
@@ -111,27 +116,42 @@ class RequestLog:
         self._file = open(self.path, "ab")
 
 
+def _encodable(value: Any) -> Any:
+    """A copy orjson can always write: integers it cannot hold become strings."""
+    if isinstance(value, dict):
+        return {str(k): _encodable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encodable(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return str(value)
+    return value
+
+
 def entry_for(
-    ctx: RequestContext, status: int, error: str | None, trace_id: str | None, response_body: dict | None
+    summary: Summary, trace_id: str | None, request_body: Any = None, response_body: Any = None
 ) -> dict[str, Any]:
-    """The log line of one request; `response_body` is included only when content logging is allowed."""
-    now = time.perf_counter()
+    """The log line of one request. Content (the request and the answer) only when the tenant's
+    policy has log_content; decisions never carry it otherwise (stages record hashes, offsets and
+    entity types, not values)."""
+    usage = summary.usage
     entry: dict[str, Any] = {
         "ts": time.time(),
-        "request_id": ctx.request_id,
+        "request_id": summary.request_id,
         "trace_id": trace_id,
-        "tenant": ctx.tenant,
-        "key_id": ctx.key_id,
-        "endpoint": ctx.endpoint,
-        "model": ctx.model,
-        "stream": ctx.stream,
-        "status": status,
-        "error": error,
-        "latency_ms": round((now - ctx.started) * 1000, 3),
-        "upstream_ms": round(ctx.upstream_s * 1000, 3),
-        "overhead_ms": round((now - ctx.started - ctx.upstream_s) * 1000, 3),
-        "stage_ms": {k: round(v, 3) for k, v in ctx.stage_ms.items()},
-        "decisions": [{"stage": d.stage, "action": d.action, **(d.detail or {})} for d in ctx.decisions],
+        "tenant": summary.tenant,
+        "key_id": summary.key_id,
+        "endpoint": summary.protocol,
+        "model": summary.model,
+        "served_model": summary.served_model,
+        "stream": summary.stream,
+        "status": summary.status,
+        "error": summary.error,
+        "latency_ms": round(summary.duration_s * 1000, 3),
+        "upstream_ms": round(summary.upstream_s * 1000, 3),
+        "overhead_ms": round(summary.overhead_s * 1000, 3),
+        "ttft_ms": None if summary.ttft_s is None else round(summary.ttft_s * 1000, 3),
+        "stage_ms": {k: round(v, 3) for k, v in summary.stage_ms.items()},
+        "decisions": [{"stage": d.stage, "action": d.action, **(d.detail or {})} for d in summary.decisions],
         "attempts": [
             {
                 "model": a.model,
@@ -141,21 +161,23 @@ def entry_for(
                 "ms": round(a.duration_ms, 3),
                 "error": a.error,
             }
-            for a in ctx.attempts
+            for a in summary.attempts
         ],
-        "retries": sum(1 for a in ctx.attempts if a.outcome == "retry"),
-        "usage": ctx.usage,
-        "cost_usd": ctx.cost_usd,
+        "retries": sum(1 for a in summary.attempts if a.outcome == "retry"),
+        "usage": None if usage is None else usage.chat(),
+        "cost_usd": None if summary.cost_nanos is None else summary.cost_nanos / NANOS_PER_USD,
+        "response_id": summary.response_id,
+        "finish_reasons": summary.finish_reasons,
     }
     retrieval = next(
-        (d.detail for d in ctx.decisions if d.stage == "retrieval" and d.action == "retrieved"), None
+        (d.detail for d in summary.decisions if d.stage == "retrieval" and d.action == "retrieved"), None
     )
     if retrieval is not None:
         entry["retrieval"] = retrieval
-        cache = next((d for d in ctx.decisions if d.stage == "cache"), None)
+        cache = next((d for d in summary.decisions if d.stage == "cache"), None)
         entry["cache"] = cache.action if cache else None
-    if ctx.policy.log_content:
-        entry["request"] = ctx.body
+    if summary.log_content:
+        entry["request"] = request_body
         if response_body is not None:
             entry["response"] = response_body
     return entry

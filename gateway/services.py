@@ -1,25 +1,36 @@
-"""The long-lived objects the stages share, built once at start-up from gateway.yaml."""
+"""The long-lived objects the stages share, built once at start-up from gateway.yaml.
+
+Each is an explicit, typed field: a stage's `build(policy, services)` takes what it needs from
+here at policy-load time and keeps it; nothing is looked up by name at request time.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.cache import make_cache_store
+from gateway.cache.store import CacheStore
 from gateway.config import LOCAL_PROVIDER, GatewayConfig
+from gateway.pricing import Pricing
 from gateway.state import StateBackend, make_state
 from gateway.telemetry import Tracing
 from gateway.upstreams.base import UpstreamClient
+from gateway.upstreams.http import HTTPClient
 from gateway.upstreams.local import LocalClient
-from gateway.upstreams.openai_http import OpenAIHTTPClient
 from gateway.upstreams.router import Router
 
 if TYPE_CHECKING:
     from gateway.policy import Policy
     from gateway.retrieval.embedder import Embedder
+    from gateway.retrieval.service import RetrievalService
+    from gateway.retrieval.tokens import TokenCounter
 
 log = logging.getLogger("rag_gateway.services")
+Probe = Callable[[], Awaitable[tuple[bool, str]]]
 
 
 @dataclass(slots=True)
@@ -27,22 +38,22 @@ class Services:
     config: GatewayConfig
     router: Router
     clients: dict[str, UpstreamClient]
-    state: StateBackend | None = None  # rate limits and budgets (memory or Redis)
+    state: StateBackend  # rate limits, budgets, spend and stored responses (memory or Redis)
+    pricing: Pricing
+    cache_store: CacheStore
     embedder: Embedder | None = None
     tracing: Tracing | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    retrieval: RetrievalService | None = None  # set once something needs it (ensure_retrieval)
+    token_counter: TokenCounter | None = None  # the embedder's tokenizer, for chunk budgets
+    readiness: dict[str, Probe] = field(default_factory=dict)  # what /readyz checks
 
     async def close(self) -> None:
         for client in self.clients.values():
             await client.close()
-        if self.state is not None:
-            await self.state.close()
-        cache_store = self.extras.get("cache_store")
-        if cache_store is not None:
-            await cache_store.close()
-        retrieval = self.extras.get("retrieval")
-        if retrieval is not None:
-            retrieval.close()
+        await self.state.close()
+        await self.cache_store.close()
+        if self.retrieval is not None:
+            self.retrieval.close()
 
 
 def needs_local_embedder(config: GatewayConfig) -> bool:
@@ -70,35 +81,6 @@ def load_embedder(model: str = "minilm", config: GatewayConfig | None = None) ->
     return make_embedder("minilm" if configured is not None else model)
 
 
-def build_retrieval(config: GatewayConfig, embedder: Embedder) -> dict[str, Any]:
-    """The vector store, the retrieval service and the token counter the retrieval stage needs."""
-    from gateway.retrieval.index import IndexStore, make_chroma_client
-    from gateway.retrieval.service import RetrievalService
-    from gateway.retrieval.tokens import default_counter
-
-    store_config = config.vector_store
-    path = None if store_config.url else str(config.resolve(store_config.path))
-    client = make_chroma_client(path, store_config.url, store_config.connect_wait_s)
-    store = IndexStore(client, embedder.model_id)
-    service = RetrievalService(store, embedder, threads=config.retrieval.search_threads)
-
-    async def vector_store_ready() -> tuple[bool, str]:
-        import asyncio
-
-        beat = await asyncio.to_thread(client.heartbeat)
-        return (
-            True,
-            f"chroma {'server ' + store_config.url if store_config.url else 'embedded at ' + str(path)}"
-            f" (heartbeat {beat})",
-        )
-
-    return {
-        "retrieval": service,
-        "token_counter": default_counter(),
-        "vector_store_ready": vector_store_ready,
-    }
-
-
 def build_services(
     config: GatewayConfig, embedder: Embedder | None = None, tracing: Tracing | None = None
 ) -> Services:
@@ -106,26 +88,32 @@ def build_services(
     if embedder is None and (needs_local_embedder(config) or config.retrieval.enabled is True):
         embedder = load_embedder(config.retrieval.embedding_model, config)
     clients: dict[str, UpstreamClient] = {
-        "openai": OpenAIHTTPClient(max_connections=config.router.max_connections),
+        "http": HTTPClient(max_connections=config.router.max_connections),
         "local": LocalClient(embedder),
     }
     if any(not d.fast_path and d.provider != LOCAL_PROVIDER for m in config.models for d in m.deployments):
         from gateway.upstreams.litellm_client import LiteLLMClient
 
         clients["litellm"] = LiteLLMClient()
-    router = Router(config, clients, tracing=tracing)
+    pricing = Pricing(config, config.pricing)
+    pricing.warm()  # prices and tokenizers resolved now, not on a client's request
     state = make_state(config.state)
     services = Services(
-        config=config, router=router, clients=clients, state=state, embedder=embedder, tracing=tracing
+        config=config,
+        router=Router(config, clients, tracing=tracing),
+        clients=clients,
+        state=state,
+        pricing=pricing,
+        cache_store=make_cache_store(config.state),
+        embedder=embedder,
+        tracing=tracing,
     )
 
     async def state_ready() -> tuple[bool, str]:
         ok = await state.ping()
         return ok, f"state {config.state.split('@')[-1]}: {'reachable' if ok else 'unreachable'}"
 
-    services.extras.setdefault("readiness", {})["state"] = state_ready
-    cache_store = make_cache_store(config.state)
-    services.extras["cache_store"] = cache_store
+    services.readiness["state"] = state_ready
     if config.retrieval.enabled is True:
         ensure_retrieval(services)
     return services
@@ -151,16 +139,37 @@ def ensure_retrieval(services: Services) -> bool:
     it from a worker thread. False when gateway.yaml turns retrieval off.
     """
     config = services.config
-    if "retrieval" in services.extras:
+    if services.retrieval is not None:
         return True
     if config.retrieval.enabled is False:
         return False
     if services.embedder is None:
         services.embedder = load_embedder(config.retrieval.embedding_model, config)
-    retrieval = build_retrieval(config, services.embedder)
-    services.extras.setdefault("readiness", {})["vector_store"] = retrieval.pop("vector_store_ready")
-    services.extras.update(retrieval)
+    from gateway.retrieval.tokens import default_counter
+
+    service, probe = open_retrieval(config, services.embedder)
+    services.token_counter = default_counter()
+    services.readiness["vector_store"] = probe
+    services.retrieval = service
     return True
+
+
+def open_retrieval(config: GatewayConfig, embedder: Embedder) -> tuple[RetrievalService, Probe]:
+    """The retrieval service over the configured vector store, and its readiness probe."""
+    from gateway.retrieval.index import IndexStore, make_chroma_client
+    from gateway.retrieval.service import RetrievalService
+
+    store_config = config.vector_store
+    path = None if store_config.url else str(config.resolve(store_config.path))
+    client = make_chroma_client(path, store_config.url, store_config.connect_wait_s)
+    where = f"chroma {'server ' + store_config.url if store_config.url else 'embedded at ' + str(path)}"
+
+    async def vector_store_ready() -> tuple[bool, str]:
+        beat = await asyncio.to_thread(client.heartbeat)
+        return True, f"{where} (heartbeat {beat})"
+
+    store = IndexStore(client, embedder.model_id)
+    return RetrievalService(store, embedder, threads=config.retrieval.search_threads), vector_store_ready
 
 
 def ingest_settings(config: GatewayConfig) -> Any:

@@ -1,4 +1,4 @@
-"""Checks on OpenAI request bodies: clear 400s naming the parameter, unknown fields left alone."""
+"""Checks shared by the OpenAI request bodies: clear 400s naming the parameter, unknown fields left alone."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import orjson
 from gateway.config import FORBIDDEN_REQUEST_FIELDS
 from gateway.errors import bad_request
 
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# No model generates more than this in one answer; a larger cap is a client bug, not a request.
+MAX_OUTPUT_TOKENS = 1_048_576
+MAX_CHOICES = 128  # OpenAI's own limit for `n`
 
 # Known scalar fields and the JSON types they must have; others pass through untouched.
 _NUMBER = (int, float)
@@ -47,7 +49,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _reject_forbidden(body: dict[str, Any]) -> None:
+def reject_forbidden(body: dict[str, Any]) -> None:
     for name in body.keys() & FORBIDDEN_REQUEST_FIELDS:
         raise bad_request(
             f"'{name}' cannot be set by clients: upstreams and their credentials are configured "
@@ -57,7 +59,7 @@ def _reject_forbidden(body: dict[str, Any]) -> None:
         )
 
 
-def _require_model(body: dict[str, Any]) -> str:
+def require_model(body: dict[str, Any]) -> str:
     model = body.get("model")
     if model is None:
         raise bad_request(
@@ -68,7 +70,7 @@ def _require_model(body: dict[str, Any]) -> str:
     return model
 
 
-def _check_types(body: dict[str, Any]) -> None:
+def check_types(body: dict[str, Any]) -> None:
     for name, (types, described) in FIELD_TYPES.items():
         value = body.get(name)
         if value is None:
@@ -78,69 +80,33 @@ def _check_types(body: dict[str, Any]) -> None:
             raise bad_request(
                 f"'{name}' must be {described}, got {type(value).__name__}", param=name, code="invalid_type"
             )
-    n = body.get("n")
-    if n is not None and n < 1:
-        raise bad_request("'n' must be at least 1", param="n", code="invalid_value")
+    check_bounds(body, "n", 1, MAX_CHOICES)
     for name in ("max_tokens", "max_completion_tokens"):
-        if body.get(name) is not None and body[name] < 1:
-            raise bad_request(f"'{name}' must be at least 1", param=name, code="invalid_value")
+        check_bounds(body, name, 1, MAX_OUTPUT_TOKENS)
+    check_bounds(body, "top_logprobs", 0, 20)
 
 
-def validate_chat(body: dict[str, Any]) -> tuple[str, bool]:
-    """Validate a chat completion request; returns (model, stream)."""
-    _reject_forbidden(body)
-    model = _require_model(body)
-    messages = body.get("messages")
-    if messages is None:
+def check_bounds(body: dict[str, Any], name: str, low: int, high: int) -> None:
+    """An integer field within [low, high]: absurd values are a 400 naming the field, never an
+    overflow further down (a budget estimate, the request log)."""
+    value = body.get(name)
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
         raise bad_request(
-            "you must provide a messages parameter", param="messages", code="missing_required_parameter"
+            f"'{name}' must be an integer, got {type(value).__name__}", param=name, code="invalid_type"
         )
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty array", param="messages", code="invalid_type")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise bad_request(f"messages[{i}] must be an object", param=f"messages[{i}]", code="invalid_type")
-        role = message.get("role")
-        if role not in ROLES:
-            raise bad_request(
-                f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}",
-                param=f"messages[{i}].role",
-                code="invalid_value",
-            )
-        content = message.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise bad_request(
-                f"messages[{i}].content must be a string or an array of content parts",
-                param=f"messages[{i}].content",
-                code="invalid_type",
-            )
-        if isinstance(content, list):
-            for j, part in enumerate(content):
-                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                    raise bad_request(
-                        f"messages[{i}].content[{j}] must be an object with a 'type' (e.g. "
-                        '{"type": "text", "text": "..."})',
-                        param=f"messages[{i}].content[{j}]",
-                        code="invalid_type",
-                    )
-        name = message.get("name")
-        if name is not None and not isinstance(name, str):
-            raise bad_request(
-                f"messages[{i}].name must be a string", param=f"messages[{i}].name", code="invalid_type"
-            )
-        if content is None and role not in ("assistant", "function") and not message.get("tool_calls"):
-            raise bad_request(
-                f"messages[{i}].content is required for role '{role}'",
-                param=f"messages[{i}].content",
-                code="missing_required_parameter",
-            )
-    _check_types(body)
-    return model, bool(body.get("stream"))
+    if value < low:
+        raise bad_request(f"'{name}' must be at least {low}", param=name, code="invalid_value")
+    if value > high:
+        raise bad_request(
+            f"'{name}' is {value}; the most this gateway accepts is {high}", param=name, code="invalid_value"
+        )
 
 
 def validate_embeddings(body: dict[str, Any]) -> str:
-    _reject_forbidden(body)
-    model = _require_model(body)
+    reject_forbidden(body)
+    model = require_model(body)
     value = body.get("input")
     if value is None:
         raise bad_request(

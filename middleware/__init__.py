@@ -11,15 +11,14 @@ from collections.abc import Callable
 from gateway.chain import Stage
 from gateway.policy import Policy
 from gateway.services import Services
-from middleware import budget, cache, input_guardrails, output_guardrails, rate_limit, refusal, retrieval
+from middleware import admission, cache, input_guardrails, output_guardrails, refusal, retrieval
 
 # Each entry builds its stage from the tenant's policy, or returns None when the policy turns it off.
 # The order is the order a request meets them on its way to the upstream.
 STAGE_BUILDERS: tuple[Callable[[Policy, Services], Stage | None], ...] = (
-    # Limits and budgets first, side by side: overload is shed before any work, and the two
-    # stages share one state round trip.
-    rate_limit.build,
-    budget.build,
+    # Limits, budgets and accounting first: overload is shed before any work, and every answer
+    # (a cache hit or a refusal included) is counted on its way out.
+    admission.build,
     input_guardrails.build,
     # Output guardrails wrap everything after them, so they see the final answer (cached or not).
     output_guardrails.build,
@@ -28,6 +27,14 @@ STAGE_BUILDERS: tuple[Callable[[Policy, Services], Stage | None], ...] = (
     retrieval.build,
     refusal.build,
 )
+
+
+# Embeddings are accounted and limited too; the chat-only stages do not apply to them.
+EMBEDDING_STAGE_BUILDERS: tuple[Callable[[Policy, Services], Stage | None], ...] = (admission.build,)
+
+
+def build_embedding_stages(policy: Policy, services: Services) -> list[Stage]:
+    return [stage for build in EMBEDDING_STAGE_BUILDERS if (stage := build(policy, services)) is not None]
 
 
 def build_stages(policy: Policy, services: Services) -> list[Stage]:

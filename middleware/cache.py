@@ -29,15 +29,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from gateway.cache.capture import StreamAnswer, capture
-from gateway.cache.entry import (
-    REPLAYED_HEADERS,
-    ZERO_USAGE,
-    CachedAnswer,
-    answer_from_json,
-    replay_json,
-    replay_stream,
-)
+from gateway.cache.entry import REPLAYED_HEADERS, CachedAnswer, answer_from_completion, replay
 from gateway.cache.keys import RequestKeys, cache_control, request_keys, uncacheable_reason
 from gateway.cache.paraphrase import QuestionShape, mismatch, question_shape
 from gateway.cache.settings import CachePolicy
@@ -46,6 +38,7 @@ from gateway.chain import Handler
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.policy import Policy
+from gateway.protocols.model import ZERO_USAGE, CompletionBuilder, Events
 from gateway.response import GatewayResponse
 from gateway.retrieval.embedder import Embedder
 from gateway.services import Services
@@ -91,9 +84,7 @@ class CacheStage:
     # -- the request path ------------------------------------------------------------------------
 
     async def handle(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
-        if ctx.endpoint != "chat":
-            return await call_next(ctx)
-        reason = uncacheable_reason(ctx.body, self.settings)
+        reason = uncacheable_reason(ctx.request.body, self.settings)
         if reason is not None:
             return await self._bypass(ctx, call_next, reason)
         directives = cache_control(ctx.client_headers)
@@ -127,7 +118,7 @@ class CacheStage:
     def _keys(self, ctx: RequestContext) -> RequestKeys:
         version = self._corpus_version(ctx.tenant) if self._corpus_version is not None else 0
         model_id = self.embedder.model_id if self.embedder is not None else ""
-        return request_keys(ctx.tenant, ctx.model, version, self.fingerprint, model_id, ctx.body)
+        return request_keys(ctx.tenant, ctx.model, version, self.fingerprint, model_id, ctx.request.body)
 
     async def _lookup(self, ctx: RequestContext, keys: RequestKeys) -> GatewayResponse | np.ndarray | None:
         """A hit's response, else the query vector (None without semantic) for storing the answer."""
@@ -180,6 +171,11 @@ class CacheStage:
         # The keys already separate tenants and scopes; this check makes a mix-up impossible to serve.
         if answer is None or answer.tenant != ctx.tenant or answer.scope != keys.scope:
             return None
+        # max_tokens is not part of the key (a whole answer is the same under any larger cap), so
+        # an answer longer than this request allows is not served to it.
+        cap, length = ctx.request.max_output_tokens(), answer.output_tokens
+        if cap is not None and (length is None or length > cap):
+            return None
         return answer
 
     def _replay(
@@ -188,7 +184,7 @@ class CacheStage:
         ctx.response_headers[HEADER] = kind
         for name, value in answer.headers.items():
             ctx.response_headers[name] = value
-        ctx.usage = dict(ZERO_USAGE)
+        ctx.usage = ZERO_USAGE
         ctx.decide(
             NAME,
             kind,
@@ -197,10 +193,7 @@ class CacheStage:
             age_s=round(time.time() - answer.stored_at, 1),
             original_usage=answer.usage,
         )
-        if ctx.stream:
-            include_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
-            return GatewayResponse(stream=replay_stream(answer, ctx.model, include_usage))
-        return GatewayResponse.of_json(replay_json(answer, ctx.model))
+        return GatewayResponse.answer(replay(answer, ctx.model), ctx.stream)
 
     async def _bypass(self, ctx: RequestContext, call_next: Handler, reason: str) -> GatewayResponse:
         ctx.response_headers[HEADER] = "bypass"
@@ -214,15 +207,24 @@ class CacheStage:
     ) -> GatewayResponse:
         if response.status != 200:
             return response  # errors are never cached
-        if response.stream is not None:
-
-            def complete(stream_answer: StreamAnswer) -> None:
-                self._schedule(ctx, keys, vector, stream_answer.answer(ctx.tenant, keys.scope))
-
-            response.stream = capture(response.stream, complete)
+        if response.is_stream:
+            response.map_events(lambda events: self._capture(ctx, keys, vector, events))
         else:
-            self._schedule(ctx, keys, vector, answer_from_json(response.json(), ctx.tenant, keys.scope))
+            self._schedule(
+                ctx, keys, vector, answer_from_completion(response.completion(), ctx.tenant, keys.scope)
+            )
         return response
+
+    async def _capture(
+        self, ctx: RequestContext, keys: RequestKeys, vector: np.ndarray | None, events: Events
+    ) -> Events:
+        """Relay the events; store the answer they spell once the stream ended cleanly (a stream
+        that breaks, reports an error or is cut by the client raises out of here instead)."""
+        builder = CompletionBuilder()
+        async for event in events:
+            builder.feed(event)
+            yield event
+        self._schedule(ctx, keys, vector, answer_from_completion(builder.build(), ctx.tenant, keys.scope))
 
     def _schedule(
         self, ctx: RequestContext, keys: RequestKeys, vector: np.ndarray | None, answer: CachedAnswer | None
@@ -268,22 +270,19 @@ def _rounded(value: float | None) -> float | None:
 
 def corpus_version_reader(policy: Policy, services: Services) -> Callable[[str], int] | None:
     """(tenant) -> the corpus version, an in-memory read; None when retrieval is off for the tenant."""
-    service = services.extras.get("retrieval")
+    service = services.retrieval
     if not policy.retrieval.enabled or service is None:
         return None
     return lambda tenant: service.store.tenant(tenant).corpus_version()
 
 
 def build(policy: Policy, services: Services) -> CacheStage | None:
-    settings: CachePolicy | None = getattr(policy, "cache", None)
-    if settings is None or not settings.enabled or not (settings.exact or settings.semantic):
+    settings = policy.cache
+    if not settings.enabled or not (settings.exact or settings.semantic):
         return None
-    store = services.extras.get("cache_store")
-    if store is None:
-        raise RuntimeError("caching is enabled in a policy but no cache store is configured")
     return CacheStage(
         settings,
-        store,
+        services.cache_store,
         services.embedder,
         fingerprint=policy_fingerprint(policy),
         corpus_version=corpus_version_reader(policy, services),

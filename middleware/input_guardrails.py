@@ -1,19 +1,16 @@
 """input_guardrails: personal data, prompt injection, denied topics and size limits on the request.
 
 Runs before cache and retrieval. Redacted values become typed placeholders (<EMAIL_1>); with
-`pii.restore_in_answer` the caller's own values are put back into the completion, JSON or stream.
-The stage also offers `scan_chunks` for the retrieval stage (indirect injection in retrieved text):
-it is reachable as `ctx.state["input_guardrails"].scan_chunks(ctx, texts)`.
+`pii.restore_in_answer` the caller's own values are put back into the answer, JSON or stream,
+whatever protocol it is encoded in. `ChunkScreen` (built from the same policy section) checks
+retrieved chunks for indirect prompt injection; the retrieval stage receives it at build time.
 An engine error follows `on_error`: fail_closed answers 503, fail_open forwards and records it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
-
-import orjson
+from collections.abc import Sequence
 
 from gateway.chain import Handler
 from gateway.context import RequestContext
@@ -24,9 +21,9 @@ from gateway.guardrails.redact import Redactor, StreamRestorer
 from gateway.guardrails.settings import InputGuardrailsPolicy
 from gateway.guardrails.topics import RuleMatcher, SemanticTopics
 from gateway.policy import Policy
+from gateway.protocols.model import ChoiceEnd, Completion, Event, Events, TextDelta, ToolArgumentsDelta
 from gateway.response import GatewayResponse
 from gateway.services import Services
-from gateway.sse import encode_event, event_data, iter_events
 
 NAME = INPUT_STAGE
 log = logging.getLogger("rag_gateway.guardrails")
@@ -42,6 +39,37 @@ def unavailable(stage: str) -> GatewayError:
     )
 
 
+class ChunkScreen:
+    """Indirect prompt injection in retrieved chunks, with the policy's `chunk_action`."""
+
+    def __init__(self, detector: InjectionDetector) -> None:
+        self.detector = detector
+        self.action = detector.settings.chunk_action
+
+    def scan(self, ctx: RequestContext, texts: Sequence[str]) -> list[InjectionFinding]:
+        """Findings (each `index` is the chunk's position in `texts`), recorded as decisions."""
+        findings = self.detector.scan_many(texts)
+        record = Recorder(ctx, NAME)
+        for f in findings:
+            record(
+                self.action,
+                kind="indirect_prompt_injection",
+                chunk=f.index,
+                rule=f.rule,
+                start=f.start,
+                end=f.end,
+                score=round(f.score, 3),
+            )
+        return findings
+
+
+def chunk_screen(policy: Policy) -> ChunkScreen | None:
+    settings = policy.input_guardrails
+    if not settings.enabled or not settings.injection.enabled:
+        return None
+    return ChunkScreen(InjectionDetector(settings.injection))
+
+
 class InputGuardrailsStage:
     name = NAME
 
@@ -50,7 +78,6 @@ class InputGuardrailsStage:
         self.guard = guard
 
     async def handle(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
-        ctx.state[NAME] = self
         try:
             redactor = await self.guard.inspect(ctx)
         except GatewayError:
@@ -65,117 +92,63 @@ class InputGuardrailsStage:
         if redactor is None or not self.settings.pii.restore_in_answer or response.status != 200:
             return response
         ctx.decide(NAME, "restore", placeholders=len(redactor))
-        if response.stream is not None:
-            response.stream = restore_stream(response.stream, redactor)
+        if response.is_stream:
+            response.map_events(lambda events: restore_stream(events, redactor))
         else:
-            response.set_json(restore_completion(response.json(), redactor))
+            completion = response.completion()
+            restore_completion(completion, redactor)
+            response.set_completion(completion)
         return response
 
-    def scan_chunks(self, ctx: RequestContext, texts: Sequence[str]) -> list[InjectionFinding]:
-        """Indirect prompt injection in retrieved chunks; the caller applies `chunk_action`.
 
-        Each finding's `index` is the chunk's position in `texts`. Decisions are recorded here.
-        """
-        detector = self.guard.injection
-        if detector is None:
-            return []
-        findings = detector.scan_many(texts)
-        record = Recorder(ctx, NAME)
-        for f in findings:
-            record(
-                detector.settings.chunk_action,
-                kind="indirect_prompt_injection",
-                chunk=f.index,
-                rule=f.rule,
-                start=f.start,
-                end=f.end,
-                score=round(f.score, 3),
-            )
-        return findings
+def restore_completion(completion: Completion, redactor: Redactor) -> None:
+    for choice in completion.choices:
+        if choice.text:
+            choice.text = redactor.restore(choice.text)
+        for call in choice.tool_calls:
+            call.arguments = redactor.restore(call.arguments)
 
 
-def restore_completion(data: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
-    choices = data.get("choices")
-    if not isinstance(choices, list):
-        return data
-    restored = []
-    for choice in choices:
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if not isinstance(message, dict):
-            restored.append(choice)
-            continue
-        message = dict(message)
-        if isinstance(message.get("content"), str):
-            message["content"] = redactor.restore(message["content"])
-        if isinstance(message.get("tool_calls"), list):
-            message["tool_calls"] = [_restore_call(call, redactor) for call in message["tool_calls"]]
-        restored.append({**choice, "message": message})
-    return {**data, "choices": restored}
+async def restore_stream(events: Events, redactor: Redactor) -> Events:
+    """Placeholders back to values in text and tool arguments, even when one is split across events."""
+    texts: dict[int, StreamRestorer] = {}
+    arguments: dict[tuple[int, int], StreamRestorer] = {}
 
+    def flush(choice: int | None = None) -> list[Event]:
+        """What the restorers still hold (of one choice, or all), as events."""
+        rest: list[Event] = []
+        for index in [i for i in texts if choice is None or i == choice]:
+            if text := texts.pop(index).flush():
+                rest.append(TextDelta(text, index))
+        for key in [k for k in arguments if choice is None or k[0] == choice]:
+            if text := arguments.pop(key).flush():
+                rest.append(ToolArgumentsDelta(key[1], text, key[0]))
+        return rest
 
-def _restore_call(call: Any, redactor: Redactor) -> Any:
-    function = call.get("function") if isinstance(call, dict) else None
-    if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-        return {**call, "function": {**function, "arguments": redactor.restore(function["arguments"])}}
-    return call
-
-
-async def restore_stream(stream: AsyncIterator[bytes], redactor: Redactor) -> AsyncIterator[bytes]:
-    """Placeholders back to values in delta content, even when one is split across chunks."""
-    restorers: dict[int, StreamRestorer] = {}
-    header: dict[str, Any] = {}
-    async for event in iter_events(stream):
-        payload = event_data(event)
-        if payload is None:
+    async for event in events:
+        if isinstance(event, TextDelta):
+            restorer = texts.get(event.choice)
+            if restorer is None:
+                restorer = texts[event.choice] = StreamRestorer(redactor)
+            text = restorer.feed(event.text)
+            if text:
+                yield TextDelta(text, event.choice, event.logprobs)
+        elif isinstance(event, ToolArgumentsDelta):
+            key = (event.choice, event.call)
+            restorer = arguments.get(key)
+            if restorer is None:
+                restorer = arguments[key] = StreamRestorer(redactor)
+            text = restorer.feed(event.arguments)
+            if text:
+                yield ToolArgumentsDelta(event.call, text, event.choice)
+        elif isinstance(event, ChoiceEnd):
+            for rest in flush(event.choice):
+                yield rest
             yield event
-            continue
-        if payload == b"[DONE]":
-            for index, restorer in restorers.items():
-                rest = restorer.flush()
-                if rest:
-                    yield encode_event(_content_chunk(header, index, rest))
-            restorers.clear()
+        else:
             yield event
-            continue
-        try:
-            chunk = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            yield event
-            continue
-        if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list):
-            yield event
-            continue
-        if not header:
-            header = {k: chunk[k] for k in ("id", "created", "model") if k in chunk}
-        choices = []
-        for choice in chunk["choices"]:
-            delta = choice.get("delta") or {}
-            content = delta.get("content")
-            index = choice.get("index", 0)
-            if isinstance(content, str) or choice.get("finish_reason") is not None:
-                restorer = restorers.setdefault(index, StreamRestorer(redactor))
-                text = restorer.feed(content) if isinstance(content, str) else ""
-                if choice.get("finish_reason") is not None:
-                    text += restorer.flush()
-                if isinstance(content, str) or text:
-                    choice = {**choice, "delta": {**delta, "content": text}}
-            choices.append(choice)
-        yield encode_event({**chunk, "choices": choices})
-
-
-def _content_chunk(header: dict[str, Any], index: int, text: str) -> dict[str, Any]:
-    return {
-        **header,
-        "object": "chat.completion.chunk",
-        "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None}],
-    }
-
-
-def settings_of(policy: Policy) -> InputGuardrailsPolicy:
-    settings = getattr(policy, "input_guardrails", None)
-    if settings is None:
-        raise RuntimeError("the tenant Policy has no `input_guardrails` field yet (gateway/policy.py)")
-    return settings
+    for rest in flush():
+        yield rest
 
 
 def build_guard(settings: InputGuardrailsPolicy, services: Services | None) -> InputGuard:
@@ -190,12 +163,12 @@ def build_guard(settings: InputGuardrailsPolicy, services: Services | None) -> I
                 "configure the local embedding model or use keywords/patterns only"
             )
         semantic = SemanticTopics(topics, embedder)  # example embeddings computed once, here
-    counter = services.extras.get("token_counter") if services is not None else None
+    counter = services.token_counter if services is not None else None
     return InputGuard(settings, PiiScanner(settings.pii), injection, RuleMatcher(topics), semantic, counter)
 
 
 def build(policy: Policy, services: Services) -> InputGuardrailsStage | None:
-    settings = settings_of(policy)
+    settings = policy.input_guardrails
     if not settings.enabled:
         return None
     return InputGuardrailsStage(settings, build_guard(settings, services))

@@ -9,9 +9,9 @@ go into one system message built from the tenant's template, and the model is to
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,8 @@ from gateway.chain import Handler
 from gateway.context import RequestContext
 from gateway.errors import EmbeddingUnavailable, GatewayError, VectorStoreUnavailable
 from gateway.policy import Policy, RetrievalPolicy
+from gateway.protocols.model import Citations, Events
+from gateway.protocols.request import text_of
 from gateway.response import GatewayResponse
 from gateway.retrieval.conflicts import ConflictGroup, find_conflicts, newest
 from gateway.retrieval.index import Hit, RetrievalResult
@@ -29,12 +31,11 @@ from gateway.retrieval.rerank import llm_rerank
 from gateway.retrieval.service import RetrievalService
 from gateway.retrieval.tokens import TokenCounter
 from gateway.services import Services
-from gateway.sse import encode_event, event_data, iter_events
 from gateway.upstreams.router import Router
+from middleware.input_guardrails import ChunkScreen, chunk_screen
 
 NAME = "retrieval"
 log = logging.getLogger("rag_gateway.retrieval")
-INPUT_GUARDRAILS = "input_guardrails"  # where the input guardrail stage leaves itself on ctx.state
 FOLLOW_UP_RE = re.compile(
     r"^\s*(and|or|but|also|what about|how about|same for|then)\b"
     r"|\b(it|its|that|this|those|these|they|them|there)\b",
@@ -108,17 +109,9 @@ def citation(number: int, hit: Hit) -> dict[str, Any]:
     }
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
-
-
 def search_query(messages: list[dict[str, Any]], rewrite_follow_ups: bool) -> str:
     """The last user turn, expanded with the previous one when it reads as a follow-up."""
-    user_turns = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
+    user_turns = [text_of(m.get("content")) for m in messages if m.get("role") == "user"]
     user_turns = [t.strip() for t in user_turns if t.strip()]
     if not user_turns:
         return ""
@@ -177,34 +170,11 @@ def conflict_instructions(outcome: RetrievalOutcome, settings: RetrievalPolicy) 
     return "\n".join(lines)
 
 
-def inject(body: dict[str, Any], system_text: str) -> dict[str, Any]:
-    """A copy of the request with the sources as a system message before the first non-system turn."""
-    messages = list(body["messages"])
-    position = 0
-    while position < len(messages) and messages[position].get("role") in ("system", "developer"):
-        position += 1
-    messages.insert(position, {"role": "system", "content": system_text})
-    return {**body, "messages": messages}
-
-
-async def with_citations(
-    stream: AsyncIterator[bytes], citations: list[dict[str, Any]]
-) -> AsyncIterator[bytes]:
-    """Relay the stream; just before [DONE], one more chunk carrying the citations."""
-    header: dict[str, Any] = {}
-    async for event in iter_events(stream):
-        payload = event_data(event)
-        if payload == b"[DONE]":
-            yield encode_event(
-                {**header, "object": "chat.completion.chunk", "choices": [], "citations": citations}
-            )
-        elif not header and payload:
-            try:
-                first = orjson.loads(payload)
-                header = {k: first[k] for k in ("id", "created", "model") if k in first}
-            except (orjson.JSONDecodeError, TypeError):
-                pass
+async def with_citations(events: Events, citations: list[dict[str, Any]]) -> Events:
+    """Relay the stream; at its end, the citations (a chat stream gets them in a last chunk)."""
+    async for event in events:
         yield event
+    yield Citations(citations)
 
 
 class RetrievalStage:
@@ -217,22 +187,23 @@ class RetrievalStage:
         counter: TokenCounter,
         tracer: Tracer | None = None,
         router: Router | None = None,
+        screen: ChunkScreen | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
         self.counter = counter
         self.tracer = tracer
         self.router = router  # for the LLM reranker
+        self.screen = screen  # the tenant's input guardrails for indirect prompt injection
 
     def screen_for_injection(self, ctx: RequestContext, hits: list[Hit]) -> list[Hit]:
         """Instructions hidden in retrieved chunks (indirect prompt injection), checked before injection."""
-        guard = ctx.state.get(INPUT_GUARDRAILS)
-        if guard is None or not hits:
+        if self.screen is None or not hits:
             return hits
-        findings = guard.scan_chunks(ctx, [h.chunk.text for h in hits])
+        findings = self.screen.scan(ctx, [h.chunk.text for h in hits])
         if not findings:
             return hits
-        action = guard.guard.injection.settings.chunk_action
+        action = self.screen.action
         if action == "block":
             raise GatewayError(
                 400,
@@ -294,7 +265,7 @@ class RetrievalStage:
 
     async def handle(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
         settings = self.settings
-        query = search_query(ctx.body["messages"], settings.rewrite_follow_ups)
+        query = search_query(ctx.request.messages, settings.rewrite_follow_ups)
         if not query:
             ctx.decide(NAME, "skipped", reason="no user text to search for")
             return await call_next(ctx)
@@ -310,12 +281,14 @@ class RetrievalStage:
             result,
             select_within_budget(ranked[: settings.top_k], settings.max_context_tokens, self.counter),
         )
-        ctx.state[NAME] = outcome
+        ctx.retrieval = outcome
         ctx.response_headers["x-gateway-confidence"] = f"{result.confidence:.3f}"
         ctx.decide(
             NAME,
             "retrieved",
-            query=query,
+            # The question is content: kept only where the policy allows it (replay needs it).
+            query=query if ctx.policy.log_content else None,
+            query_sha256=hashlib.sha256(query.encode()).hexdigest()[:16],
             corpus_version=result.corpus_version,
             top_k=self.depth,
             candidates=settings.candidates,
@@ -351,26 +324,25 @@ class RetrievalStage:
                     for group in outcome.conflicts
                 ]
                 ctx.decide(NAME, "conflicts", groups=groups)
-            ctx.body = inject(ctx.body, system)
+            ctx.request.add_system(system)
         response = await call_next(ctx)
         if outcome.refused or response.status != 200:
             return response
         citations = outcome.citations()
-        if response.stream is not None:
-            response.stream = with_citations(response.stream, citations)
+        if response.is_stream:
+            response.map_events(lambda events: with_citations(events, citations))
         else:
-            data = response.json()
-            response.set_json({**data, "citations": citations})
+            completion = response.completion()
+            completion.citations = citations
+            response.set_completion(completion)
         return response
 
 
 def build(policy: Policy, services: Services) -> RetrievalStage | None:
     if not policy.retrieval.enabled:
         return None
-    service = services.extras.get("retrieval")
-    if service is None:
+    service, counter = services.retrieval, services.token_counter
+    if service is None or counter is None:
         raise RuntimeError("retrieval is enabled in a policy but the retrieval service is not configured")
     tracer = services.tracing.tracer if services.tracing is not None else None
-    return RetrievalStage(
-        policy.retrieval, service, services.extras["token_counter"], tracer, services.router
-    )
+    return RetrievalStage(policy.retrieval, service, counter, tracer, services.router, chunk_screen(policy))

@@ -9,10 +9,10 @@ import pytest
 from gateway.cache.settings import CachePolicy
 from gateway.cache.store import MemoryCacheStore
 from gateway.errors import GatewayError
+from gateway.protocols.sse import encode_event
 from gateway.retrieval.embedder import LocalMiniLMEmbedder
-from gateway.sse import encode_event
 from middleware.cache import CacheStage, policy_fingerprint
-from tests.test_cache_support import Upstream, answer_text, make_ctx, read_stream
+from tests.test_cache_support import Upstream, answer_text, client_json, make_ctx, read_stream
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ async def test_exact_hit_skips_the_upstream(embedder) -> None:
     assert upstream.calls == 1
     assert second == first
     assert ctx.response_headers["x-gateway-cache"] == "hit"
-    body = response.json()
+    body = client_json(response)
     assert body["id"].startswith("chatcmpl-cache-") and body["usage"]["total_tokens"] == 0
     assert ctx.decisions[-1].detail["original_usage"]["total_tokens"] == 10
 
@@ -100,7 +100,7 @@ async def test_system_prompt_and_model_are_part_of_the_scope(embedder) -> None:
     ctx, _, _ = await ask(stage, upstream, [{"role": "system", "content": "Answer in German."}, question])
     assert ctx.response_headers["x-gateway-cache"] == "miss"
     ctx = make_ctx([question])
-    ctx.model = "other-model"
+    ctx.request.set_model("other-model")
     await stage.handle(ctx, upstream)
     assert ctx.response_headers["x-gateway-cache"] == "miss" and upstream.calls == 3
 
@@ -181,7 +181,7 @@ async def test_json_fill_serves_a_stream_and_back(embedder) -> None:
     await ask(stage, upstream, "What is the answer?")
     ctx = make_ctx("What is the answer?", stream=True, stream_options={"include_usage": True})
     response = await stage.handle(ctx, upstream)
-    text, chunks, done = await read_stream(response)
+    text, chunks, done = await read_stream(response, ctx.request)
     assert (text, done, upstream.calls) == ("Forty-two.", True, 1)
     assert ctx.response_headers["x-gateway-cache"] == "hit"
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
@@ -193,7 +193,7 @@ async def test_json_fill_serves_a_stream_and_back(embedder) -> None:
     assert upstream.calls == 2
     ctx, response, text = await ask(stage, upstream, "What is the refund policy for annual plans?")
     assert text == "Forty-two." and ctx.response_headers["x-gateway-cache"] == "hit"
-    assert response.json()["choices"][0]["finish_reason"] == "stop"
+    assert client_json(response)["choices"][0]["finish_reason"] == "stop"
     ctx, _, _ = await ask(stage, upstream, "What is your refund policy for annual plans?")
     assert ctx.response_headers["x-gateway-cache"] == "semantic-hit" and upstream.calls == 2
 
@@ -300,12 +300,12 @@ async def test_tool_calls_in_a_stream_are_rebuilt(embedder) -> None:
 
     ctx, _, _ = await ask(stage, upstream, "Weather in Paris?", stream=True)
     ctx, response, _ = await ask(stage, Upstream(), "Weather in Paris?")
-    message = response.json()["choices"][0]["message"]
+    message = client_json(response)["choices"][0]["message"]
     assert ctx.response_headers["x-gateway-cache"] == "hit"
     assert message["tool_calls"] == [
         {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city":"Paris"}'}}
     ]
-    assert response.json()["choices"][0]["finish_reason"] == "tool_calls"
+    assert client_json(response)["choices"][0]["finish_reason"] == "tool_calls"
 
 
 async def test_citations_are_replayed(embedder) -> None:
@@ -313,12 +313,14 @@ async def test_citations_are_replayed(embedder) -> None:
 
     async def cited(ctx):
         response = await Upstream("See [1].")(ctx)
-        response.set_json({**response.json(), "citations": [{"id": 1, "source": "a.md"}]})
+        completion = response.completion()
+        completion.citations = [{"id": 1, "source": "a.md"}]
+        response.set_completion(completion)
         return response
 
     await ask(stage, cited, "What is in a.md?")
     _, response, _ = await ask(stage, Upstream(), "What is in a.md?")
-    assert response.json()["citations"] == [{"id": 1, "source": "a.md"}]
+    assert client_json(response)["citations"] == [{"id": 1, "source": "a.md"}]
     ctx = make_ctx("What is in a.md?", stream=True)
     _, chunks, _ = await read_stream(await stage.handle(ctx, Upstream()))
     assert chunks[-1]["citations"] == [{"id": 1, "source": "a.md"}]

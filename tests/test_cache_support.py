@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,8 +9,12 @@ import orjson
 
 from gateway.context import RequestContext
 from gateway.policy import Policy
+from gateway.protocols import chat
+from gateway.protocols.request import GatewayRequest
+from gateway.protocols.sse import DONE_EVENT, encode_event, event_data, iter_events
 from gateway.response import GatewayResponse
-from gateway.sse import DONE_EVENT, encode_event, event_data, iter_events
+
+CLIENT = GatewayRequest({"model": "m"})  # what the edge encodes an internal answer for
 
 
 def make_ctx(
@@ -27,17 +30,9 @@ def make_ctx(
     body = {"model": "m", "messages": messages, **extra}
     if stream:
         body["stream"] = True
-    return RequestContext(
-        request_id="req",
-        started=time.perf_counter(),
-        endpoint="chat",
-        policy=Policy(tenant=tenant),
-        key_id="k",
-        body=body,
-        model="m",
-        stream=stream,
-        client_headers=headers or {},
-    )
+    ctx = RequestContext.internal(Policy(tenant=tenant), body, "req", "k")
+    ctx.client_headers = headers or {}
+    return ctx
 
 
 def completion(text: str) -> dict[str, Any]:
@@ -66,10 +61,10 @@ class Upstream:
     async def __call__(self, ctx: RequestContext) -> GatewayResponse:
         self.calls += 1
         if self.mode == "error":
-            return GatewayResponse.of_json({"error": {"message": "boom"}}, status=500)
+            return GatewayResponse(raw=orjson.dumps({"error": {"message": "boom"}}), status=500)
         if ctx.stream:
             return GatewayResponse(stream=self._stream())
-        return GatewayResponse.of_json(completion(self.answer))
+        return GatewayResponse(raw=orjson.dumps(completion(self.answer)))
 
     async def _stream(self) -> AsyncIterator[bytes]:
         base = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": "m-upstream"}
@@ -91,11 +86,24 @@ class Upstream:
         yield DONE_EVENT
 
 
-async def read_stream(response: GatewayResponse) -> tuple[str, list[dict[str, Any]], bool]:
+def client_json(response: GatewayResponse) -> dict[str, Any]:
+    """The chat completion a client would get."""
+    return response.json() if response.is_raw else chat.encode_json(response.completion(), CLIENT)
+
+
+def client_stream(response: GatewayResponse, request: GatewayRequest = CLIENT) -> AsyncIterator[bytes]:
+    """The chat stream a client would get."""
+    if response.is_raw and response.stream is not None:
+        return response.stream
+    return chat.encode_stream(response.events(), request, lambda error: None)
+
+
+async def read_stream(
+    response: GatewayResponse, request: GatewayRequest = CLIENT
+) -> tuple[str, list[dict[str, Any]], bool]:
     """(the content, every JSON chunk, whether [DONE] arrived) of a streamed response."""
-    assert response.stream is not None
     chunks, done = [], False
-    async for event in iter_events(response.stream):
+    async for event in iter_events(client_stream(response, request)):
         payload = event_data(event)
         if payload == b"[DONE]":
             done = True
@@ -108,6 +116,6 @@ async def read_stream(response: GatewayResponse) -> tuple[str, list[dict[str, An
 
 
 async def answer_text(response: GatewayResponse) -> str:
-    if response.stream is not None:
+    if response.is_stream:
         return (await read_stream(response))[0]
-    return response.json()["choices"][0]["message"]["content"]
+    return client_json(response)["choices"][0]["message"]["content"]

@@ -1,4 +1,4 @@
-"""The chain mechanism: stages rewrite requests, short-circuit, and see responses and stream chunks."""
+"""The chain mechanism: stages edit requests, short-circuit, and see answers and stream events."""
 
 from __future__ import annotations
 
@@ -9,22 +9,15 @@ import orjson
 from gateway.chain import Handler, compose
 from gateway.context import RequestContext
 from gateway.policy import Policy
+from gateway.protocols import chat
+from gateway.protocols.model import Choice, Completion, Events, TextDelta
+from gateway.protocols.sse import DONE_EVENT, encode_event
 from gateway.response import GatewayResponse
-from gateway.sse import DONE_EVENT, encode_event, iter_events, map_chunks
 
 
 def make_ctx(stream: bool = False) -> RequestContext:
-    return RequestContext(
-        request_id="r",
-        started=0.0,
-        endpoint="chat",
-        policy=Policy(tenant="t"),
-        key_id="k",
-        body={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
-        model="m",
-        stream=stream,
-        client_headers={},
-    )
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    return RequestContext.internal(Policy(tenant="t"), body, "r", "k")
 
 
 class Recorder:
@@ -43,14 +36,12 @@ class Rewriter:
     name = "rewrite"
 
     async def handle(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
-        ctx.body = {
-            **ctx.body,
-            "messages": [{"role": "system", "content": "be brief"}, *ctx.body["messages"]],
-        }
+        ctx.request.add_system("be brief")
         ctx.decide(self.name, "injected")
         response = await call_next(ctx)
-        data = response.json()
-        response.set_json({**data, "seen_by_rewriter": True})
+        completion = response.completion()
+        completion.choices[0].text = (completion.choices[0].text or "").upper()
+        response.set_completion(completion)
         return response
 
 
@@ -59,7 +50,9 @@ class ShortCircuit:
 
     async def handle(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
         ctx.decide(self.name, "hit")
-        return GatewayResponse.of_json({"cached": True})
+        return GatewayResponse.answer(
+            Completion("c", "m", 0, [Choice(0, "cached", finish_reason="stop")]), False
+        )
 
 
 class Upcase:
@@ -67,35 +60,54 @@ class Upcase:
 
     async def handle(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
         response = await call_next(ctx)
-        assert response.stream is not None
 
-        def upper(chunk: dict) -> dict | None:
-            content = chunk["choices"][0]["delta"].get("content")
-            if content == "drop":
-                return None
-            if content:
-                return {**chunk, "choices": [{"index": 0, "delta": {"content": content.upper()}}]}
-            return chunk
+        async def upper(events: Events) -> Events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    if event.text == "drop":
+                        continue
+                    event = TextDelta(event.text.upper(), event.choice)
+                yield event
 
-        response.stream = map_chunks(response.stream, upper)
+        response.map_events(upper)
         return response
+
+
+def upstream_json(text: str) -> bytes:
+    return orjson.dumps(
+        {
+            "id": "u",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "m",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+    )
 
 
 async def test_stages_run_in_order_around_the_terminal() -> None:
     log: list[str] = []
-    seen: list[dict] = []
+    seen: list[list] = []
 
     async def terminal(ctx: RequestContext) -> GatewayResponse:
         log.append("upstream")
-        seen.append(ctx.body)
-        return GatewayResponse(raw=b'{"answer": 1}')
+        seen.append(ctx.request.messages)
+        return GatewayResponse(raw=upstream_json("answer"))
 
     handler = compose([Recorder("a", log), Rewriter(), Recorder("b", log)], terminal)
     ctx = make_ctx()
     response = await handler(ctx)
     assert log == ["a>", "b>", "upstream", "<b", "<a"]
-    assert seen[0]["messages"][0] == {"role": "system", "content": "be brief"}
-    assert orjson.loads(response.body()) == {"answer": 1, "seen_by_rewriter": True}
+    assert seen[0][0] == {"role": "system", "content": "be brief"}
+    assert ctx.request.system_added == ("be brief",)
+    # The stage changed the answer: the wire bytes are stale and the edge re-encodes.
+    assert not response.is_raw and response.raw is None
+    assert (
+        chat.encode_json(response.completion(), ctx.request)["choices"][0]["message"]["content"] == "ANSWER"
+    )
     assert [(d.stage, d.action) for d in ctx.decisions] == [("rewrite", "injected")]
 
 
@@ -104,16 +116,17 @@ async def test_short_circuit_never_calls_the_upstream() -> None:
 
     async def terminal(ctx: RequestContext) -> GatewayResponse:
         called.append(True)
-        return GatewayResponse.of_json({})
+        return GatewayResponse(raw=upstream_json("x"))
 
     log: list[str] = []
     response = await compose([Recorder("a", log), ShortCircuit(), Recorder("b", log)], terminal)(make_ctx())
-    assert response.json() == {"cached": True} and called == [] and log == ["a>", "<a"]
+    assert response.completion().text == "cached" and called == [] and log == ["a>", "<a"]
 
 
 async def _upstream_stream() -> AsyncIterator[bytes]:
     events = [
-        encode_event({"choices": [{"index": 0, "delta": {"content": w}}]}) for w in ("hel", "drop", "lo")
+        encode_event({"id": "u", "model": "m", "choices": [{"index": 0, "delta": {"content": w}}]})
+        for w in ("hel", "drop", "lo")
     ]
     joined = b"".join(events) + DONE_EVENT
     # Arbitrary byte boundaries, as the network delivers them.
@@ -121,22 +134,26 @@ async def _upstream_stream() -> AsyncIterator[bytes]:
         yield joined[i : i + 7]
 
 
-async def test_stream_chunks_are_seen_rewritten_and_dropped() -> None:
+async def test_stream_events_are_seen_rewritten_and_dropped() -> None:
     async def terminal(ctx: RequestContext) -> GatewayResponse:
         return GatewayResponse(stream=_upstream_stream())
 
-    response = await compose([Upcase()], terminal)(make_ctx(stream=True))
-    assert response.stream is not None
-    events = [e async for e in iter_events(response.stream)]
-    contents = [orjson.loads(e[6:])["choices"][0]["delta"]["content"] for e in events[:-1]]
-    assert contents == ["HEL", "LO"] and events[-1] == DONE_EVENT
+    ctx = make_ctx(stream=True)
+    response = await compose([Upcase()], terminal)(ctx)
+    chunks = [c async for c in chat.encode_stream(response.events(), ctx.request, lambda e: None)]
+    contents = [orjson.loads(c[6:])["choices"][0]["delta"].get("content") for c in chunks if c != DONE_EVENT]
+    assert contents == ["", "HEL", "LO"] and chunks[-1] == DONE_EVENT
 
 
-async def test_unchanged_chunks_are_relayed_byte_for_byte() -> None:
-    original = b'data: {"choices":[{"index":0,"delta":{"content":"x"}}],  "spacing":"kept"}\n\n'
+async def test_a_stream_no_stage_looks_at_stays_wire_bytes() -> None:
+    original = b'data: {"choices":[{"index":0,"delta":{"content":"x"}}],  "spacing":"kept"}\n\n' + DONE_EVENT
 
     async def source() -> AsyncIterator[bytes]:
         yield original
 
-    out = [e async for e in map_chunks(source(), lambda chunk: chunk)]
-    assert out == [original]
+    async def terminal(ctx: RequestContext) -> GatewayResponse:
+        return GatewayResponse(stream=source())
+
+    response = await compose([Recorder("a", [])], terminal)(make_ctx(stream=True))
+    assert response.is_raw and response.stream is not None
+    assert b"".join([c async for c in response.stream]) == original

@@ -11,7 +11,7 @@ from gateway.context import RequestContext
 from gateway.guardrails.settings import OutputGuardrailsPolicy
 from gateway.response import GatewayResponse
 from middleware.output_guardrails import OutputGuardrailsStage, build_guard
-from tests.test_guardrails_stages import collect, make_ctx, sse
+from tests.test_guardrails_stages import client_stream, collect, make_ctx, sse
 
 SECRET = "sk-proj-" + "Zq7Xw2Pl9Mn4Bv6Ct1" * 3
 TEXT = f"Sure. Use the key {SECRET} in the header, then retry. Contact ann@corp.example if stuck."
@@ -38,7 +38,7 @@ async def run(st: OutputGuardrailsStage, pieces: list[str]) -> tuple[str, list[d
         return GatewayResponse(stream=sse(pieces))
 
     response = await st.handle(ctx, upstream)
-    return await collect(response.stream)  # type: ignore[arg-type]
+    return await collect(client_stream(ctx, response))
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -130,6 +130,9 @@ def traced(tmp_path: Path, upstream: MockServer, monkeypatch: pytest.MonkeyPatch
     receiver.server.shutdown()
 
 
+QUESTION = "Speed limit in Zone B?"
+
+
 def ask(gateway: RunningGateway, headers: dict[str, str] | None = None) -> httpx.Response:
     return httpx.post(
         f"{gateway.url}{CHAT}",
@@ -137,7 +140,7 @@ def ask(gateway: RunningGateway, headers: dict[str, str] | None = None) -> httpx
         headers={"Authorization": f"Bearer {ACME_KEY}", **(headers or {})},
         json={
             "model": "gpt-mock",
-            "messages": [{"role": "user", "content": "Speed limit in Zone B?"}],
+            "messages": [{"role": "user", "content": QUESTION}],
             "temperature": 0.3,
             "max_tokens": 50,
         },
@@ -164,8 +167,11 @@ def test_span_tree_continues_client_trace_and_reaches_the_upstream(traced) -> No
     assert server["parent"] == parent_id and server["kind"] == 2  # SERVER, continuing the client's trace
     assert server["attributes"]["gateway.request_id"] == response.headers["x-request-id"]
     assert server["service"] == "rag-gateway-test"
+    # Stages nest in chain order: admission (always on, for accounting) wraps retrieval.
+    admission = by_name["gateway.admission"][0]
+    assert admission["parent"] == server["span_id"]
     retrieval_stage = by_name["gateway.retrieval"][0]
-    assert retrieval_stage["parent"] == server["span_id"]
+    assert retrieval_stage["parent"] == admission["span_id"]
     assert retrieval_stage["attributes"]["gateway.retrieval.action"] == "retrieved"
     refusal = by_name["gateway.refusal"][0]
     assert refusal["attributes"]["gateway.refusal.action"] == "allow"
@@ -203,19 +209,41 @@ def test_request_log_line_and_replay(traced) -> None:
     assert entry["tenant"] == "acme" and entry["model"] == "gpt-mock" and entry["status"] == 200
     assert len(entry["trace_id"]) == 32 and entry["usage"]["total_tokens"] == 16
     assert entry["retrieval"]["hits"][0]["chunk_id"] == "zones.md#0"
-    assert set(entry["stage_ms"]) == {"retrieval", "refusal"}
+    assert set(entry["stage_ms"]) == {"admission", "retrieval", "refusal"}
     assert entry["attempts"][0]["outcome"] == "ok" and entry["retries"] == 0
     assert "request" not in entry and "response" not in entry  # content is off by default
     text = log_file.read_text()
     assert UPSTREAM_SECRET not in text and ACME_KEY not in text
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "replay", request_id, "--config", str(gateway.config_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    assert QUESTION not in text and entry["retrieval"]["query"] is None  # no content, not even the query
+
+    def replay(rid: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "replay", rid, "--config", str(gateway.config_path)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+            timeout=120,
+        )
+
+    refused = replay(request_id)
+    assert refused.returncode == 2 and "log_content: true" in refused.stderr
+    # With content logging allowed, the same request can be replayed.
+    acme = tmp_path / "policies" / "acme.yaml"
+    policy = yaml.safe_load(acme.read_text())
+    acme.write_text(yaml.safe_dump({**policy, "log_content": True}))
+    deadline = time.monotonic() + 10
+    while True:
+        response = ask(gateway)
+        rid = response.headers["x-request-id"]
+        while rid not in log_file.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        line = next(json.loads(x) for x in log_file.read_text().splitlines() if rid in x)
+        if line["retrieval"]["query"] is not None:
+            break
+        assert time.monotonic() < deadline, "the policy edit was not picked up"
+        time.sleep(0.2)
+    result = replay(rid)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "identical: the same 1 chunks in the same order" in result.stdout
 

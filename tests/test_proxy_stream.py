@@ -3,30 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from gateway.context import RequestContext
+from gateway.edge import ChatClient
+from gateway.errors import StreamInterrupted
+from gateway.exchange import Exchange
 from gateway.policy import Policy
-from gateway.proxy import Exchange, send_stream
+from gateway.proxy import send_stream as relay
 from gateway.response import GatewayResponse
+
+CHAT = ChatClient()
 
 
 def make_ctx() -> RequestContext:
-    return RequestContext(
-        request_id="r",
-        started=time.perf_counter(),
-        endpoint="chat",
-        policy=Policy(tenant="t"),
-        key_id="k",
-        body={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True},
-        model="m",
-        stream=True,
-        client_headers={},
-    )
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    return RequestContext.internal(Policy(tenant="t"), body, "r", "k")
+
+
+async def send_stream(ctx: RequestContext, response: GatewayResponse, send: Any, exchange: Exchange) -> None:
+    await relay(ctx, response, send, exchange, CHAT)
 
 
 class Sent(list):
@@ -112,8 +111,6 @@ async def test_an_empty_chunk_mid_stream_does_not_end_it() -> None:
 
 
 async def test_a_failing_stream_ends_with_an_error_event() -> None:
-    from gateway.upstreams.openai_http import StreamInterrupted
-
     async def broken() -> AsyncIterator[bytes]:
         yield b"data: 1\n\n"
         raise StreamInterrupted("the upstream stream broke")

@@ -6,6 +6,7 @@ import random
 from collections import Counter
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.config import GatewayConfig
@@ -24,15 +25,13 @@ class FakeClient:
         self.scripts = {k: list(v) for k, v in (scripts or {}).items()}
         self.calls: list[str] = []
 
-    async def chat(
-        self, deployment: Any, body: dict[str, Any], stream: bool, headers: Any = None
-    ) -> GatewayResponse:
+    async def generate(self, deployment: Any, request: Any, headers: Any = None) -> GatewayResponse:
         self.calls.append(deployment.model)
         outcome = (
             self.scripts.get(deployment.model, []).pop(0) if self.scripts.get(deployment.model) else "ok"
         )
         if outcome == "ok":
-            return GatewayResponse.of_json({"served_by": deployment.model})
+            return GatewayResponse(raw=orjson.dumps({"served_by": deployment.model}))
         if outcome == "connect":
             raise UpstreamFailure("connect", "refused")
         status, _, retry_after = outcome.partition("/")
@@ -44,7 +43,7 @@ class FakeClient:
             retry_after_s=float(retry_after) if retry_after else None,
         )
 
-    async def embeddings(self, deployment: Any, body: dict[str, Any], headers: Any = None) -> GatewayResponse:
+    async def embeddings(self, deployment: Any, request: Any, headers: Any = None) -> GatewayResponse:
         raise AssertionError("not used")
 
     async def close(self) -> None:
@@ -68,23 +67,13 @@ def make(models: list[dict], scripts: dict[str, list[str]] | None = None, **rout
         sleeps.append(seconds)
 
     clock = Clock()
-    r = Router(config, {"openai": client, "local": client}, clock=clock, sleep=sleep, rng=random.Random(1))
+    r = Router(config, {"http": client, "local": client}, clock=clock, sleep=sleep, rng=random.Random(1))
     return r, client, sleeps, clock
 
 
 def ctx(model: str, allowed: list[str] | None = None) -> RequestContext:
     policy = Policy(tenant="t", models=allowed or ["*"])
-    return RequestContext(
-        request_id="r",
-        started=0.0,
-        endpoint="chat",
-        policy=policy,
-        key_id="k",
-        body={"model": model, "messages": []},
-        model=model,
-        stream=False,
-        client_headers={},
-    )
+    return RequestContext.internal(policy, {"model": model, "messages": []}, "r", "k")
 
 
 def dep(model: str, **extra: Any) -> dict:

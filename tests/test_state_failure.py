@@ -16,9 +16,8 @@ from gateway.errors import GatewayError
 from gateway.state import RateCheck, StateUnavailable
 from gateway.state.redis_backend import RedisState
 from gateway.state.settings import RateLimitPolicy
-from middleware.rate_limit import RateLimitStage
 from tests.conftest import PrivateRedis, free_port
-from tests.test_rate_limit import make_ctx, ok_handler, pricing
+from tests.test_admission import make_ctx, ok_handler, stage
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 
@@ -50,10 +49,8 @@ async def test_unreachable_port_is_unavailable_not_a_crash() -> None:
 
 async def test_stage_fail_open_and_fail_closed(private_redis: PrivateRedis) -> None:
     state = RedisState(f"redis://127.0.0.1:{private_redis.port}/0", down_for_s=0.2)
-    open_stage = RateLimitStage(RateLimitPolicy(enabled=True, rpm=10), state, pricing())
-    closed_stage = RateLimitStage(
-        RateLimitPolicy(enabled=True, rpm=10, on_state_error="fail_closed"), state, pricing()
-    )
+    open_stage = stage(RateLimitPolicy(enabled=True, rpm=10), state=state)
+    closed_stage = stage(RateLimitPolicy(enabled=True, rpm=10, on_state_error="fail_closed"), state=state)
     ctx = make_ctx()
     await open_stage.handle(ctx, ok_handler())
     assert ctx.response_headers["x-ratelimit-remaining-requests"] == "9"
@@ -62,7 +59,7 @@ async def test_stage_fail_open_and_fail_closed(private_redis: PrivateRedis) -> N
     ctx = make_ctx()
     response = await open_stage.handle(ctx, ok_handler())
     assert response.status == 200
-    assert any(d.stage == "state" and d.action == "fail_open" for d in ctx.decisions)
+    assert any(d.stage == "admission" and d.action == "fail_open" for d in ctx.decisions)
     assert "x-ratelimit-remaining-requests" not in ctx.response_headers
 
     ctx = make_ctx()

@@ -1,7 +1,8 @@
 """A cached answer: what is kept of a completed response, and how it is replayed.
 
-One entry serves both formats: it holds the assistant message and finish reason (not the bytes
-the client got), so a streaming request can be answered from a JSON response and vice versa.
+One entry serves every format and protocol: it holds the assistant message and finish reason (not
+the bytes the client got), so a streaming request can be answered from a JSON response and vice
+versa, and an answer cached for a chat client can serve a Responses or Messages client.
 
 Replays get a new id and `created`, and `usage` of zeros: the upstream billed nothing for this
 request, and budgets and clients summing usage should see that. The original usage stays in the
@@ -12,16 +13,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from gateway.sse import DONE_EVENT, encode_event
+from gateway.protocols.model import ZERO_USAGE, Choice, Completion, ToolCall
 
 ENTRY_VERSION = 1
-ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 # Headers later stages set that describe the answer itself, so a replay must carry them too.
 REPLAYED_HEADERS = ("x-gateway-refused", "x-gateway-confidence", "x-gateway-warning")
 
@@ -80,73 +79,66 @@ class CachedAnswer:
             return None
 
     @property
+    def output_tokens(self) -> int | None:
+        tokens = (self.usage or {}).get("completion_tokens")
+        return tokens if isinstance(tokens, int) else None
+
+    @property
     def has_tool_calls(self) -> bool:
         return bool(self.message.get("tool_calls") or self.message.get("function_call"))
 
 
-def answer_from_json(data: dict[str, Any], tenant: str, scope: str) -> CachedAnswer | None:
-    """The entry for a complete non-streaming body, or None when it must not be cached."""
-    choices = data.get("choices")
-    if "error" in data or not isinstance(choices, list) or len(choices) != 1:
+def answer_from_completion(completion: Completion, tenant: str, scope: str) -> CachedAnswer | None:
+    """The entry for a complete answer, or None when it must not be cached: several choices, no
+    finish reason, or one that says the answer is not whole (cut at max_tokens, filtered)."""
+    if len(completion.choices) != 1:
         return None
-    choice = choices[0]
-    message, finish = choice.get("message"), choice.get("finish_reason")
-    if not isinstance(message, dict) or not finish:
+    choice = completion.choices[0]
+    if choice.finish_reason not in ("stop", "tool_calls"):
         return None
+    message: dict[str, Any] = {"role": "assistant", "content": choice.text}
+    if choice.refusal:
+        message["refusal"] = choice.refusal
+    if choice.tool_calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in choice.tool_calls
+        ]
     return CachedAnswer(
         tenant=tenant,
         scope=scope,
-        model=str(data.get("model") or ""),
+        model=completion.model,
         message=message,
-        finish_reason=str(finish),
-        citations=data.get("citations"),
-        usage=data.get("usage"),
+        finish_reason=choice.finish_reason,
+        citations=completion.citations,
+        usage=None if completion.usage is None else completion.usage.chat(),
     )
 
 
-def _new_id() -> str:
-    return "chatcmpl-cache-" + uuid.uuid4().hex[:24]
-
-
-def replay_json(answer: CachedAnswer, model: str) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": _new_id(),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": answer.model or model,
-        "choices": [
-            {"index": 0, "message": answer.message, "finish_reason": answer.finish_reason, "logprobs": None}
-        ],
-        "usage": dict(ZERO_USAGE),
-    }
-    if answer.citations is not None:
-        body["citations"] = answer.citations
-    return body
-
-
-async def replay_stream(answer: CachedAnswer, model: str, include_usage: bool) -> AsyncIterator[bytes]:
-    """The answer as OpenAI streams it: role, content, tool calls, finish, [usage], [citations], [DONE]."""
-    base = {"id": _new_id(), "object": "chat.completion.chunk", "created": int(time.time())}
-    base["model"] = answer.model or model
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return encode_event({**base, "choices": [choice]})
-
+def replay(answer: CachedAnswer, model: str) -> Completion:
+    """The cached answer as a new completion: new id and time, zero usage, the asker's model name."""
     message = answer.message
-    yield chunk({"role": message.get("role") or "assistant", "content": ""})
-    if message.get("content"):
-        yield chunk({"content": message["content"]})
-    if message.get("refusal"):
-        yield chunk({"refusal": message["refusal"]})
-    if message.get("tool_calls"):
-        calls = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
-        yield chunk({"tool_calls": calls})
-    if message.get("function_call"):
-        yield chunk({"function_call": message["function_call"]})
-    yield chunk({}, answer.finish_reason)
-    if include_usage:
-        yield encode_event({**base, "choices": [], "usage": dict(ZERO_USAGE)})
-    if answer.citations is not None:
-        yield encode_event({**base, "choices": [], "citations": answer.citations})
-    yield DONE_EVENT
+    calls = [
+        ToolCall(
+            str(c.get("id") or ""),
+            str((c.get("function") or {}).get("name") or ""),
+            str((c.get("function") or {}).get("arguments") or ""),
+        )
+        for c in message.get("tool_calls") or ()
+        if isinstance(c, dict)
+    ]
+    choice = Choice(
+        0,
+        text=message.get("content") if isinstance(message.get("content"), str) else None,
+        refusal=message.get("refusal") if isinstance(message.get("refusal"), str) else None,
+        tool_calls=calls,
+        finish_reason=answer.finish_reason,
+    )
+    return Completion(
+        "chatcmpl-cache-" + uuid.uuid4().hex[:24],
+        model,
+        int(time.time()),
+        [choice],
+        ZERO_USAGE,
+        answer.citations,
+    )

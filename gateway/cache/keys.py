@@ -19,8 +19,20 @@ import orjson
 
 from gateway.cache.settings import CachePolicy
 
-# Fields that do not change what the model answers (transport, accounting, tracing).
-IGNORED_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "store", "service_tier"})
+# Fields that do not change what the model answers (transport, accounting, tracing). max_tokens
+# only cuts an answer short: a whole answer is served under any cap at least its length.
+IGNORED_FIELDS = frozenset(
+    {
+        "stream",
+        "stream_options",
+        "user",
+        "metadata",
+        "store",
+        "service_tier",
+        "max_tokens",
+        "max_completion_tokens",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)

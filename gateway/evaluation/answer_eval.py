@@ -45,18 +45,8 @@ def cited_numbers(text: str) -> list[int]:
     return sorted({int(n) for n in CITATION_RE.findall(text)})
 
 
-def _ctx(policy: Policy, model: str, body: dict[str, Any], request_id: str) -> RequestContext:
-    return RequestContext(
-        request_id=request_id,
-        started=time.perf_counter(),
-        endpoint="chat",
-        policy=policy,
-        key_id="eval",
-        body=body,
-        model=model,
-        stream=False,
-        client_headers={},
-    )
+def _ctx(policy: Policy, body: dict[str, Any], request_id: str) -> RequestContext:
+    return RequestContext.internal(policy, body, request_id, key_id="eval")
 
 
 async def evaluate_answers(
@@ -67,14 +57,10 @@ async def evaluate_answers(
     for q in queries:
         started = time.perf_counter()
         ctx = _ctx(
-            policy,
-            model,
-            {"model": model, "messages": [{"role": "user", "content": q.query}]},
-            f"eval-{q.id}",
+            policy, {"model": model, "messages": [{"role": "user", "content": q.query}]}, f"eval-{q.id}"
         )
         try:
-            response = await handler(ctx)
-            data = response.json()
+            completion = (await handler(ctx)).completion()
         except GatewayError as exc:
             outcomes.append(
                 AnswerOutcome(
@@ -93,8 +79,8 @@ async def evaluate_answers(
             )
             continue
         refused = ctx.response_headers.get("x-gateway-refused") is not None
-        text = "".join(str((c.get("message") or {}).get("content") or "") for c in data.get("choices", []))
-        citations = data.get("citations") or []
+        text = completion.text
+        citations = completion.citations or []
         numbers = cited_numbers(text)
         invalid = [n for n in numbers if not 1 <= n <= len(citations)]
         cited_docs = {c["chunk_id"].rsplit("#", 1)[0] for c in citations if c.get("id") in numbers}
@@ -122,19 +108,18 @@ async def evaluate_answers(
 async def _judge(
     gateway: Any, policy: Policy, judge: str, answered: RequestContext, answer: str
 ) -> bool | None:
-    sources = next((m["content"] for m in answered.body["messages"] if m.get("role") == "system"), "")
+    sources = next((m["content"] for m in answered.request.messages if m.get("role") == "system"), "")
     body = {
         "model": judge,
         "temperature": 0,
         "messages": [{"role": "user", "content": JUDGE_PROMPT.format(sources=sources, answer=answer)}],
     }
-    ctx = _ctx(policy, judge, body, f"{answered.request_id}-judge")
+    ctx = _ctx(policy, body, f"{answered.request_id}-judge")
     try:
-        verdict = (await gateway.services.router.call(ctx)).json()
+        verdict = (await gateway.services.router.call(ctx)).completion()
     except GatewayError:
         return None
-    words = "".join(str((c.get("message") or {}).get("content") or "") for c in verdict.get("choices", []))
-    word = words.strip().upper()
+    word = verdict.text.strip().upper()
     return True if word.startswith("SUPPORTED") else False if word.startswith("UNSUPPORTED") else None
 
 

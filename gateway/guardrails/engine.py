@@ -15,7 +15,6 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.guardrails.findings import Finding, resolve_overlaps
 from gateway.guardrails.injection import InjectionDetector, sentences, strip_spans
-from gateway.guardrails.messages import TextPart, replace_parts, text_parts
 from gateway.guardrails.ner import SpacyNer, load_ner
 from gateway.guardrails.pii import scan_structured
 from gateway.guardrails.redact import Redactor
@@ -27,6 +26,9 @@ from gateway.guardrails.settings import (
 )
 from gateway.guardrails.stream import StreamScanner
 from gateway.guardrails.topics import DENIED, RuleMatcher, SemanticTopics
+from gateway.protocols.model import Completion
+from gateway.protocols.request import TextPart
+from gateway.protocols.request import iter_text_parts as text_parts
 
 INPUT_STAGE = "input_guardrails"
 OUTPUT_STAGE = "output_guardrails"
@@ -101,9 +103,9 @@ class InputGuard:
         self.counter = counter
 
     async def inspect(self, ctx: RequestContext) -> Redactor | None:
-        """Check and rewrite ctx.body; raises GatewayError to block. Returns the redaction mapping."""
+        """Check and rewrite the request; raises GatewayError to block. Returns the redaction mapping."""
         record = Recorder(ctx, INPUT_STAGE)
-        messages = ctx.body.get("messages") or []
+        messages = ctx.request.messages
         all_parts = list(text_parts(messages))
         limit = self.settings.max_input_tokens
         if limit is not None:
@@ -121,7 +123,7 @@ class InputGuard:
             self._injection(messages, record, replacements)
         await self._topics(messages, record)
         redactor = await self._pii(messages, replacements, record)
-        ctx.body = replace_parts(ctx.body, replacements)
+        ctx.request.replace_texts(replacements)
         return redactor
 
     def _injection(
@@ -246,42 +248,36 @@ class OutputGuard:
             has_patterns=self.rules.has_patterns,
         )
 
-    async def check_completion(self, data: dict[str, Any], record: Recorder) -> dict[str, Any]:
-        """The completion with findings redacted, or a choice cut to finish_reason content_filter."""
-        choices = data.get("choices")
-        if not isinstance(choices, list):
-            return data
-        texts: list[tuple[int, str]] = []
-        for i, choice in enumerate(choices):
-            content = (choice.get("message") or {}).get("content") if isinstance(choice, dict) else None
-            if isinstance(content, str) and content:
-                texts.append((i, content))
+    async def check_completion(self, completion: Completion, record: Recorder) -> bool:
+        """Redact findings in place, or cut a choice to finish_reason content_filter.
+
+        True when anything changed."""
+        texts = [(c, c.text) for c in completion.choices if c.text]
         if not texts:
-            return data
+            return False
         found = await self.pii.scan_many([t for _, t in texts])
-        new_choices = list(choices)
-        for (i, text), findings in zip(texts, found, strict=True):
+        changed = False
+        for (choice, text), findings in zip(texts, found, strict=True):
             if self.rules:
                 findings = resolve_overlaps([*findings, *self.rules.find(text)])
             to_redact: list[Finding] = []
             blocked = False
             for finding in findings:
                 action = self.actions.get(finding.entity, "log")
-                record(action, kind=_kind(finding), choice=i, **finding.describe())
+                record(action, kind=_kind(finding), choice=choice.index, **finding.describe())
                 if action == "block":
                     blocked = True
                 elif action == "redact":
                     to_redact.append(finding)
-            choice = dict(new_choices[i])
-            message = dict(choice["message"])
             if blocked:
-                message["content"] = ""
-                choice["finish_reason"] = "content_filter"
+                choice.text = ""
+                choice.tool_calls = []
+                choice.finish_reason = "content_filter"
+                changed = True
             elif to_redact:
-                message["content"] = _apply(text, to_redact)
-            choice["message"] = message
-            new_choices[i] = choice
-        return {**data, "choices": new_choices}
+                choice.text = _apply(text, to_redact)
+                changed = True
+        return changed
 
 
 def _kind(finding: Finding) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 from gateway.config import ModelConfig
 from gateway.errors import EmbeddingUnavailable
 from gateway.retrieval.embedder import l2_normalise
-from gateway.upstreams.openai_http import auth_headers, endpoint_url
+from gateway.upstreams.http import auth_headers, endpoint_url
 
 BATCH = 64
 

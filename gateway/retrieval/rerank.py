@@ -8,10 +8,9 @@ unusable answer (or a failed call) keeps the fused order entirely, so reranking 
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import replace
 
-from gateway.context import RequestContext
+from gateway.context import RequestContext, SideCall
 from gateway.errors import GatewayError
 from gateway.retrieval.index import Hit
 from gateway.upstreams.router import Router
@@ -47,27 +46,21 @@ async def llm_rerank(
         "max_tokens": 200,
         "messages": [{"role": "user", "content": PROMPT.format(query=query, passages=passages)}],
     }
-    rerank_ctx = RequestContext(
-        request_id=f"{ctx.request_id}-rerank",
-        started=time.perf_counter(),
-        endpoint="chat",
-        policy=ctx.policy,
-        key_id=ctx.key_id,
-        body=body,
-        model=model,
-        stream=False,
-        client_headers={},
-    )
+    rerank_ctx = RequestContext.internal(ctx.policy, body, f"{ctx.request_id}-rerank", ctx.key_id)
     try:
-        response = await router.call(rerank_ctx)
-        data = response.json()
+        completion = (await router.call(rerank_ctx)).completion()
     except (GatewayError, ValueError) as exc:
         ctx.decide("retrieval", "rerank_failed", model=model, reason=str(exc)[:200])
         return hits
     finally:
         ctx.upstream_s += rerank_ctx.upstream_s
         ctx.attempts.extend(rerank_ctx.attempts)
-    text = "".join(str((c.get("message") or {}).get("content") or "") for c in data.get("choices", []))
+        if rerank_ctx.upstream_span is not None:
+            rerank_ctx.upstream_span.end()
+    if completion.usage is not None:
+        # Booked to the tenant with the request that needed it (see middleware.admission).
+        ctx.side_calls.append(SideCall(model, completion.usage))
+    text = completion.text
     order = rerank_order(text, len(hits))
     if order is None:
         ctx.decide("retrieval", "rerank_unusable", model=model)

@@ -76,6 +76,11 @@ class Ticket:
     rates: tuple[RateCheck, ...]
     budgets: tuple[BudgetCheck, ...]
 
+    @classmethod
+    def empty(cls) -> Ticket:
+        """For booking spend of a request nothing was admitted for (no limits, no budget)."""
+        return cls("", 0, (), ())
+
 
 @dataclass(slots=True)
 class Verdict:

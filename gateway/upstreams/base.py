@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from gateway.config import DeploymentConfig
-from gateway.errors import GatewayError, error_from_upstream_body, upstream_error
+from gateway.errors import (
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    error_from_upstream_body,
+)
+from gateway.protocols.request import GatewayRequest
 from gateway.response import GatewayResponse
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -24,8 +31,10 @@ class UpstreamFailure(Exception):
         status: int | None = None,
         body: bytes = b"",
         retry_after_s: float | None = None,
+        where: str | None = None,
     ) -> None:
         super().__init__(message)
+        self.where = where  # the upstream's address: for the log, never for the tenant
         self.kind = kind
         self.message = message
         self.status = status
@@ -45,15 +54,22 @@ class UpstreamFailure(Exception):
             return self.status is not None and self.status >= 500
         return True
 
-    def to_gateway_error(self) -> GatewayError:
+    def to_gateway_error(self, model: str, secrets: Iterable[str] = ()) -> UpstreamError:
+        """What the tenant is told: the model and what went wrong, never the upstream's address
+        or credentials (an upstream 4xx keeps its own message, scrubbed of keys)."""
         if self.kind == "timeout":
-            return upstream_error(
-                504, f"the upstream did not answer in time: {self.message}", "upstream_timeout"
+            return UpstreamTimeout(
+                f"the upstream for model `{model}` did not answer in time ({self.message})"
             )
         if self.kind == "http" and self.status is not None and self.status < 500:
-            return error_from_upstream_body(self.status, self.body)
-        detail = f"HTTP {self.status}" if self.status else self.message
-        return upstream_error(502, f"the upstream failed after retries ({detail})", "upstream_unavailable")
+            return error_from_upstream_body(self.status, self.body, secrets)
+        if self.kind == "connect":
+            detail = "could not be reached"
+        elif self.kind == "http":
+            detail = f"failed with HTTP {self.status}"
+        else:
+            detail = f"gave no usable answer ({self.message})"
+        return UpstreamUnavailable(f"the upstream for model `{model}` {detail} after retries")
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -73,12 +89,8 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 class UpstreamClient(Protocol):
-    async def chat(
-        self,
-        deployment: DeploymentConfig,
-        body: dict[str, Any],
-        stream: bool,
-        headers: dict[str, str] | None = None,
+    async def generate(
+        self, deployment: DeploymentConfig, request: GatewayRequest, headers: dict[str, str] | None = None
     ) -> GatewayResponse:
         """Return a response (for streams, after the first bytes arrived) or raise UpstreamFailure.
 
@@ -86,7 +98,7 @@ class UpstreamClient(Protocol):
         ...
 
     async def embeddings(
-        self, deployment: DeploymentConfig, body: dict[str, Any], headers: dict[str, str] | None = None
+        self, deployment: DeploymentConfig, request: GatewayRequest, headers: dict[str, str] | None = None
     ) -> GatewayResponse: ...
 
     async def close(self) -> None: ...

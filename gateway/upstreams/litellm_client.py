@@ -14,15 +14,17 @@ from typing import Any
 import orjson
 
 from gateway.config import DeploymentConfig
+from gateway.errors import StreamInterrupted
+from gateway.protocols.request import GatewayRequest
+from gateway.protocols.sse import DONE_EVENT, encode_event
 from gateway.response import GatewayResponse
-from gateway.sse import DONE_EVENT, encode_event
 from gateway.upstreams.base import UpstreamFailure, parse_retry_after
 
 # litellm must use the price map shipped inside the package, never fetch one.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 # Parameters we set ourselves and the client may not override.
-_RESERVED = frozenset({"model", "messages", "stream", "input"})
+_RESERVED = frozenset({"model", "messages", "stream", "input", "stream_options"})
 
 
 class LiteLLMClient:
@@ -73,14 +75,13 @@ class LiteLLMClient:
             )
         return UpstreamFailure("connect", f"{type(exc).__name__}: {exc}")
 
-    async def chat(
-        self,
-        deployment: DeploymentConfig,
-        body: dict[str, Any],
-        stream: bool,
-        headers: dict[str, str] | None = None,
+    async def generate(
+        self, deployment: DeploymentConfig, request: GatewayRequest, headers: dict[str, str] | None = None
     ) -> GatewayResponse:
+        body, stream = request.body, request.stream
         params = self._params(deployment, body)
+        if stream:
+            params["stream_options"] = {"include_usage": True}
         if headers:
             params["extra_headers"] = headers
         try:
@@ -88,7 +89,7 @@ class LiteLLMClient:
         except Exception as exc:  # litellm raises its own hierarchy; map all of it
             raise self._failure(exc) from exc
         if not stream:
-            return GatewayResponse(data=result.model_dump(exclude_none=True))
+            return GatewayResponse(raw=orjson.dumps(result.model_dump(exclude_none=True)))
         iterator = result.__aiter__()
         try:
             first = await anext(iterator)
@@ -99,21 +100,26 @@ class LiteLLMClient:
         return GatewayResponse(stream=_sse(first, iterator))
 
     async def embeddings(
-        self, deployment: DeploymentConfig, body: dict[str, Any], headers: dict[str, str] | None = None
+        self, deployment: DeploymentConfig, request: GatewayRequest, headers: dict[str, str] | None = None
     ) -> GatewayResponse:
+        body = request.body
         params = self._params(deployment, body)
         params.pop("drop_params", None)
         try:
             result = await self._litellm.aembedding(input=body["input"], **params)
         except Exception as exc:
             raise self._failure(exc) from exc
-        return GatewayResponse(data=result.model_dump(exclude_none=True))
+        return GatewayResponse(wire="embeddings", raw=orjson.dumps(result.model_dump(exclude_none=True)))
 
 
 async def _sse(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    """litellm's chunk objects as chat SSE bytes; a failure after the first is a StreamInterrupted."""
     yield encode_event(first.model_dump(exclude_none=True))
-    async for chunk in rest:
-        yield encode_event(chunk.model_dump(exclude_none=True))
+    try:
+        async for chunk in rest:
+            yield encode_event(chunk.model_dump(exclude_none=True))
+    except Exception as exc:  # litellm raises its own hierarchy mid-stream too
+        raise StreamInterrupted(f"the upstream stream broke: {type(exc).__name__}") from exc
     yield DONE_EVENT
 
 

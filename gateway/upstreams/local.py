@@ -14,13 +14,24 @@ import base64
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from gateway.config import DeploymentConfig
 from gateway.errors import GatewayError, bad_request
+from gateway.protocols.model import (
+    Choice,
+    ChoiceEnd,
+    Completion,
+    Events,
+    Start,
+    TextDelta,
+    Usage,
+    UsageReport,
+)
+from gateway.protocols.request import GatewayRequest
 from gateway.response import GatewayResponse
-from gateway.sse import DONE_EVENT, encode_event
 
 if TYPE_CHECKING:  # the embedder pulls in onnxruntime; only its type is needed here
     from gateway.retrieval.embedder import Embedder
@@ -92,10 +103,8 @@ def extractive_answer(messages: list[dict[str, Any]]) -> str:
     return LABEL + "\n" + "\n".join(lines)
 
 
-def _usage(messages: list[dict[str, Any]], answer: str) -> dict[str, int]:
-    prompt = sum(len(_text_of(m.get("content")).split()) for m in messages)
-    completion = len(answer.split())
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _usage(messages: list[dict[str, Any]], answer: str) -> Usage:
+    return Usage(sum(len(_text_of(m.get("content")).split()) for m in messages), len(answer.split()))
 
 
 class LocalClient:
@@ -107,49 +116,30 @@ class LocalClient:
     async def close(self) -> None:
         return None
 
-    async def chat(
-        self,
-        deployment: DeploymentConfig,
-        body: dict[str, Any],
-        stream: bool,
-        headers: dict[str, str] | None = None,
+    async def generate(
+        self, deployment: DeploymentConfig, request: GatewayRequest, headers: dict[str, str] | None = None
     ) -> GatewayResponse:
-        messages = body.get("messages") or []
+        messages = request.messages
         answer = extractive_answer(messages)
-        completion_id = "chatcmpl-local-" + uuid.uuid4().hex[:24]
-        created = int(time.time())
-        model = f"local/{deployment.model}"
-        usage = _usage(messages, answer)
-        if not stream:
-            return GatewayResponse.of_json(
-                {
-                    "id": completion_id,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": answer},
-                            "finish_reason": "stop",
-                            "logprobs": None,
-                        }
-                    ],
-                    "usage": usage,
-                }
-            )
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return GatewayResponse(
-            stream=_stream(completion_id, created, model, answer, usage if include_usage else None)
+        completion = Completion(
+            id="chatcmpl-local-" + uuid.uuid4().hex[:24],
+            model=request.model,
+            created=int(time.time()),
+            choices=[Choice(0, text=answer, finish_reason="stop")],
+            usage=_usage(messages, answer),
         )
+        if not request.stream:
+            return GatewayResponse.of_completion(completion)
+        return GatewayResponse.of_events(_stream(completion, answer))
 
     async def embeddings(
-        self, deployment: DeploymentConfig, body: dict[str, Any], headers: dict[str, str] | None = None
+        self, deployment: DeploymentConfig, request: GatewayRequest, headers: dict[str, str] | None = None
     ) -> GatewayResponse:
         if self._embedder is None:
             raise GatewayError(
                 503, "the local embedding model is not loaded", type="server_error", code="model_unavailable"
             )
+        body = request.body
         raw_input = body.get("input")
         texts = [raw_input] if isinstance(raw_input, str) else raw_input
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
@@ -173,26 +163,20 @@ class LocalClient:
             for i, vec in enumerate(vectors)
         ]
         tokens = sum(len(t.split()) for t in texts)
-        return GatewayResponse.of_json(
-            {
-                "object": "list",
-                "data": data,
-                "model": f"local/{deployment.model}",
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            }
-        )
+        payload = {
+            "object": "list",
+            "data": data,
+            "model": request.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return GatewayResponse(wire="embeddings", raw=orjson.dumps(payload))
 
 
-async def _stream(
-    completion_id: str, created: int, model: str, answer: str, usage: dict[str, int] | None
-) -> AsyncIterator[bytes]:
-    base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
-    yield encode_event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+async def _stream(completion: Completion, answer: str) -> Events:
+    """Word by word, as a model would stream it."""
+    yield Start(completion.id, completion.model, completion.created)
     for piece in re.findall(r"\S+\s*", answer):
-        yield encode_event(
-            {**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
-        )
-    yield encode_event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    if usage is not None:
-        yield encode_event({**base, "choices": [], "usage": usage})
-    yield DONE_EVENT
+        yield TextDelta(piece)
+    yield ChoiceEnd("stop")
+    if completion.usage is not None:
+        yield UsageReport(completion.usage)

@@ -25,7 +25,7 @@ from gateway.config import LOCAL_PROVIDER, DeploymentConfig, GatewayConfig, Mode
 from gateway.context import Attempt, RequestContext
 from gateway.errors import GatewayError
 from gateway.response import GatewayResponse
-from gateway.telemetry import Tracing, usage_attributes
+from gateway.telemetry import Tracing
 from gateway.upstreams.base import UpstreamClient, UpstreamFailure
 
 log = logging.getLogger("rag_gateway.router")
@@ -84,11 +84,13 @@ class Router:
         self._rng = rng or random.Random()
         self._tracer = tracing.tracer if tracing is not None else None
         self._propagator = tracing.propagator if tracing is not None else None
+        # Every configured upstream key: scrubbed from any upstream message a tenant may see.
+        self._secrets = tuple(k for m in config.models for d in m.deployments if (k := d.api_key()))
 
     def client_for(self, deployment: DeploymentConfig) -> UpstreamClient:
         if deployment.provider == LOCAL_PROVIDER:
             return self._clients["local"]
-        return self._clients["openai" if deployment.fast_path else "litellm"]
+        return self._clients["http" if deployment.fast_path else "litellm"]
 
     def breaker(self, deployment: DeploymentConfig) -> Breaker:
         return self._breakers[id(deployment)]
@@ -121,15 +123,17 @@ class Router:
         return chain
 
     async def call(self, ctx: RequestContext) -> GatewayResponse:
-        """The chain's terminal handler: send ctx.body to the first deployment that answers."""
+        """The chain's terminal handler: send the request to the first deployment that answers."""
         model = self._models.get(ctx.model)
         if model is None:
             raise GatewayError(
                 404,
                 f"The model `{ctx.model}` does not exist or you do not have access to it.",
                 code="model_not_found",
+                param="model",
             )
         last: UpstreamFailure | None = None
+        last_model = ctx.model
         for candidate in self._chain(model):
             if candidate is not model and not ctx.policy.allows_model(candidate.name):
                 continue  # a fallback the tenant may not use is skipped, not leaked
@@ -145,8 +149,9 @@ class Router:
                     return await self._try_deployment(ctx, candidate, deployment)
                 except UpstreamFailure as failure:
                     if not failure.retryable:
-                        raise failure.to_gateway_error() from None
+                        raise failure.to_gateway_error(candidate.name, self._secrets) from None
                     last = failure
+                    last_model = candidate.name
         if last is None:
             raise GatewayError(
                 503,
@@ -155,15 +160,15 @@ class Router:
                 type="server_error",
                 code="upstream_unavailable",
             )
-        raise last.to_gateway_error()
+        raise last.to_gateway_error(last_model, self._secrets)
 
     def _start_span(
         self, ctx: RequestContext, model: ModelConfig, deployment: DeploymentConfig, attempt: int
     ):
         if self._tracer is None:
             return None
-        operation = "embeddings" if ctx.endpoint == "embeddings" else "chat"
-        body = ctx.body
+        operation = ctx.operation
+        body = ctx.request.body
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation,
             "gen_ai.provider.name": deployment.provider,
@@ -195,26 +200,6 @@ class Router:
         self._propagator.inject(headers, context=trace.set_span_in_context(span))
         return headers
 
-    def _end_span(self, span: Span, response: GatewayResponse) -> None:
-        if response.stream is None and response.status == 200:
-            try:
-                data = response.json()
-            except ValueError:
-                data = {}
-            if isinstance(data.get("model"), str):
-                span.set_attribute("gen_ai.response.model", data["model"])
-            if isinstance(data.get("id"), str):
-                span.set_attribute("gen_ai.response.id", data["id"])
-            reasons = [c.get("finish_reason") for c in data.get("choices") or [] if isinstance(c, dict)]
-            if reasons and all(isinstance(r, str) for r in reasons):
-                span.set_attribute("gen_ai.response.finish_reasons", reasons)
-            usage = data.get("usage")
-            if isinstance(usage, dict):
-                span.set_attributes(usage_attributes(usage))
-        else:
-            span.set_attribute("gateway.streaming", response.stream is not None)
-        span.end()
-
     async def _try_deployment(
         self, ctx: RequestContext, model: ModelConfig, deployment: DeploymentConfig
     ) -> GatewayResponse:
@@ -226,13 +211,15 @@ class Router:
             headers = self._trace_headers(span)
             started = time.perf_counter()
             try:
-                if ctx.endpoint == "embeddings":
-                    response = await client.embeddings(deployment, ctx.body, headers)
+                if ctx.operation == "embeddings":
+                    response = await client.embeddings(deployment, ctx.request, headers)
                 else:
-                    response = await client.chat(deployment, ctx.body, ctx.stream, headers)
+                    response = await client.generate(deployment, ctx.request, headers)
             except UpstreamFailure as failure:
                 elapsed = time.perf_counter() - started
                 ctx.upstream_s += elapsed
+                if failure.where is not None:
+                    log.info("deployment %s at %s: %s", deployment.label(), failure.where, failure.message)
                 if span is not None:
                     span.set_attribute("error.type", str(failure.status or failure.kind))
                     span.set_status(StatusCode.ERROR, failure.message)
@@ -273,8 +260,6 @@ class Router:
                 if span is not None:  # cancelled (client gone) or a bug: the span still ends
                     span.end()
                 raise
-            if span is not None:
-                self._end_span(span, response)
             elapsed = time.perf_counter() - started
             ctx.upstream_s += elapsed
             breaker.success()
@@ -283,7 +268,11 @@ class Router:
             )
             if model.name != ctx.model:
                 ctx.decide("router", "fallback", model=model.name)
-            ctx.state["deployment"] = deployment
+            ctx.deployment = deployment
+            ctx.served_model = model.name
+            # The CLIENT span stays open until the answer is complete (a stream's last byte); the
+            # proxy ends it with the usage and finish reasons it settled (see gateway.exchange).
+            ctx.upstream_span = span
             return response
 
 

@@ -1,4 +1,9 @@
-"""The fast path: OpenAI-compatible upstreams over one pooled aiohttp session.
+"""The fast path: upstreams reached over HTTP with one pooled aiohttp session.
+
+OpenAI-compatible servers (chat completions, and where the deployment says so the Responses API
+and legacy completions) and Anthropic's Messages API. The body is the internal request encoded
+for the endpoint the deployment speaks; when that is the client's own protocol, the client's
+body is relayed (see `gateway.protocols.request`).
 
 aiohttp rather than httpx: with the same starlette pass-through, an aiohttp ClientSession
 sustains several times the requests per second of httpx.AsyncClient on one core, and the
@@ -8,6 +13,7 @@ SSE bytes are relayed as they arrive; nothing is re-serialised on the way.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,16 +21,30 @@ import aiohttp
 import orjson
 
 from gateway.config import DeploymentConfig
-from gateway.response import GatewayResponse
+from gateway.errors import StreamInterrupted
+from gateway.protocols import chat, wire_codec
+from gateway.protocols.request import GatewayRequest
+from gateway.response import GatewayResponse, WaitClock
 from gateway.upstreams.base import UpstreamFailure, parse_retry_after
 
 OPENAI_API_BASE = "https://api.openai.com/v1"
+ANTHROPIC_API_BASE = "https://api.anthropic.com"
+ANTHROPIC_VERSION = "2023-06-01"
 # Upstream response headers worth handing to the client.
-RELAYED_HEADERS = ("x-request-id", "openai-processing-ms", "openai-model")
+RELAYED_HEADERS = ("x-request-id", "openai-processing-ms", "openai-model", "request-id")
+# What a complete stream of each protocol ends with (checked in its last bytes).
+STREAM_ENDS: dict[str, tuple[bytes, ...]] = {
+    "chat": (b"[DONE]",),
+    "completions": (b"[DONE]",),
+    "responses": (b"response.completed", b"response.incomplete", b"response.failed"),
+    "messages": (b"message_stop",),
+}
 
 
 def endpoint_url(deployment: DeploymentConfig, operation: str) -> str:
-    """The URL for "chat/completions" or "embeddings" on this deployment."""
+    """The URL for "chat/completions", "responses", "completions", "embeddings" or "messages"."""
+    if deployment.provider == "anthropic":
+        return f"{(deployment.api_base or ANTHROPIC_API_BASE).rstrip('/')}/v1/{operation}"
     base = (deployment.api_base or OPENAI_API_BASE).rstrip("/")
     if deployment.provider == "azure":
         return (
@@ -33,16 +53,40 @@ def endpoint_url(deployment: DeploymentConfig, operation: str) -> str:
     return f"{base}/{operation}"
 
 
-def auth_headers(deployment: DeploymentConfig) -> dict[str, str]:
+def auth_headers(deployment: DeploymentConfig, request: GatewayRequest | None = None) -> dict[str, str]:
     key = deployment.api_key()
+    headers: dict[str, str] = {}
+    if deployment.provider == "anthropic":
+        headers["anthropic-version"] = ANTHROPIC_VERSION
+        if request is not None:
+            headers.update(request.relay_headers)  # the client's anthropic-version / -beta
+        if key:
+            headers["x-api-key"] = key
+        return headers
     if not key:
-        return {}
+        return headers
     if deployment.provider == "azure":
         return {"api-key": key}
     return {"Authorization": f"Bearer {key}"}
 
 
-class OpenAIHTTPClient:
+def wire_for(deployment: DeploymentConfig, request: GatewayRequest) -> str:
+    """The protocol to speak to this deployment: the client's own when it has it, else chat."""
+    apis = deployment.speaks
+    if request.protocol in apis:
+        return request.protocol
+    return "messages" if "chat" not in apis else "chat"
+
+
+def upstream_request(deployment: DeploymentConfig, request: GatewayRequest, wire: str) -> tuple[str, dict]:
+    """(operation path, body) for speaking `wire` to this deployment."""
+    if wire == "chat":
+        return "chat/completions", chat.upstream_body(request, deployment.model)
+    codec = wire_codec(wire)
+    return wire, codec.upstream_body(request, deployment.model)  # type: ignore[attr-defined]
+
+
+class HTTPClient:
     def __init__(self, max_connections: int = 1000) -> None:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -70,13 +114,10 @@ class OpenAIHTTPClient:
         self,
         deployment: DeploymentConfig,
         operation: str,
-        body: dict[str, Any],
+        payload: dict[str, Any],
         stream: bool,
-        extra_headers: dict[str, str] | None,
+        headers: dict[str, str],
     ) -> aiohttp.ClientResponse:
-        payload = dict(body)
-        payload["model"] = deployment.model
-        headers = {"Content-Type": "application/json", **(extra_headers or {}), **auth_headers(deployment)}
         if stream:
             # Between chunks the read timeout applies; a stream may legitimately run for minutes.
             timeout = aiohttp.ClientTimeout(
@@ -84,17 +125,15 @@ class OpenAIHTTPClient:
             )
         else:
             timeout = aiohttp.ClientTimeout(total=deployment.timeout_s)
+        url = endpoint_url(deployment, operation)
         try:
             response = await self._client().post(
-                endpoint_url(deployment, operation),
-                data=orjson.dumps(payload),
-                headers=headers,
-                timeout=timeout,
+                url, data=orjson.dumps(payload), headers=headers, timeout=timeout
             )
         except TimeoutError as exc:
             raise UpstreamFailure("timeout", f"no response within {deployment.timeout_s:g}s") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamFailure("connect", f"{type(exc).__name__}: {exc}") from exc
+            raise UpstreamFailure("connect", f"{type(exc).__name__}: {exc}", where=url) from exc
         if response.status >= 400:
             try:
                 error_body = await response.read()
@@ -111,30 +150,36 @@ class OpenAIHTTPClient:
             )
         return response
 
-    async def chat(
-        self,
-        deployment: DeploymentConfig,
-        body: dict[str, Any],
-        stream: bool,
-        headers: dict[str, str] | None = None,
+    async def generate(
+        self, deployment: DeploymentConfig, request: GatewayRequest, headers: dict[str, str] | None = None
     ) -> GatewayResponse:
-        return await self._call(deployment, "chat/completions", body, stream, headers)
+        wire = wire_for(deployment, request)
+        operation, payload = upstream_request(deployment, request, wire)
+        return await self._call(deployment, operation, payload, request.stream, wire, request, headers)
 
     async def embeddings(
-        self, deployment: DeploymentConfig, body: dict[str, Any], headers: dict[str, str] | None = None
+        self, deployment: DeploymentConfig, request: GatewayRequest, headers: dict[str, str] | None = None
     ) -> GatewayResponse:
-        return await self._call(deployment, "embeddings", body, False, headers)
+        payload = {**request.body, "model": deployment.model}
+        return await self._call(deployment, "embeddings", payload, False, "embeddings", request, headers)
 
     async def _call(
         self,
         deployment: DeploymentConfig,
         operation: str,
-        body: dict[str, Any],
+        payload: dict[str, Any],
         stream: bool,
+        wire: str,
+        request: GatewayRequest,
         extra_headers: dict[str, str] | None,
     ) -> GatewayResponse:
-        response = await self._post(deployment, operation, body, stream, extra_headers)
-        headers = {f"x-upstream-{h}": response.headers[h] for h in RELAYED_HEADERS if h in response.headers}
+        headers = {
+            "Content-Type": "application/json",
+            **(extra_headers or {}),
+            **auth_headers(deployment, request),
+        }
+        response = await self._post(deployment, operation, payload, stream, headers)
+        relayed = {f"x-upstream-{h}": response.headers[h] for h in RELAYED_HEADERS if h in response.headers}
         if not stream:
             try:
                 raw = await response.read()
@@ -153,7 +198,7 @@ class OpenAIHTTPClient:
                 raise UpstreamFailure(
                     "body", f"the upstream answered {content_type or 'no content type'}, not JSON"
                 )
-            return GatewayResponse(status=response.status, raw=raw, headers=headers)
+            return GatewayResponse(status=response.status, wire=wire, raw=raw, headers=relayed)
         # Wait for the first bytes here, inside the router's retry loop: a stream that fails
         # before anything reached the client can still be retried or sent to a fallback.
         try:
@@ -168,36 +213,48 @@ class OpenAIHTTPClient:
             response.close()
             raise UpstreamFailure("stream", "stream ended before its first chunk")
         content_type = response.headers.get("Content-Type", "")
-        if "event-stream" not in content_type and "json" not in content_type:
-            response.close()  # a JSON answer to a stream request is converted; anything else is no answer
+        if "event-stream" not in content_type:
+            response.close()
             raise UpstreamFailure(
                 "body", f"asked for a stream, the upstream answered {content_type or 'no content type'}"
             )
-        return GatewayResponse(status=response.status, stream=relay_stream(response, first), headers=headers)
+        wait = WaitClock()
+        return GatewayResponse(
+            status=response.status,
+            wire=wire,
+            stream=relay_stream(response, first, STREAM_ENDS[wire], wait),
+            headers=relayed,
+            wait=wait,
+        )
 
 
-class StreamInterrupted(Exception):
-    """The upstream stream ended without its final `data: [DONE]` event."""
+async def relay_stream(
+    response: aiohttp.ClientResponse, first: bytes, ends: tuple[bytes, ...], wait: WaitClock
+) -> AsyncIterator[bytes]:
+    """Yield the upstream's bytes as they come; an unfinished stream raises instead of ending quietly.
 
-
-async def relay_stream(response: aiohttp.ClientResponse, first: bytes) -> AsyncIterator[bytes]:
-    """Yield the upstream's bytes as they come; an unfinished stream raises instead of ending quietly."""
-    tail = first[-32:]
+    Complete means the last event is the protocol's final one, so `tail` keeps the bytes of the
+    latest event (a Responses API final event repeats the whole answer: it can be large)."""
+    tail = _last_event(first)
     finished = False
+    clock = time.perf_counter
     try:
         yield first
         while True:
+            started = clock()
             try:
                 chunk = await response.content.readany()
             except TimeoutError as exc:
                 raise StreamInterrupted("the upstream stopped sending mid-stream (read timeout)") from exc
             except aiohttp.ClientError as exc:
                 raise StreamInterrupted(f"the upstream stream broke: {exc}") from exc
+            finally:
+                wait.waited_s += clock() - started
             if not chunk:
                 break
-            tail = (tail + chunk)[-32:]
+            tail = _last_event(tail + chunk)
             yield chunk
-        if b"[DONE]" not in tail:
+        if not any(end in tail for end in ends):
             raise StreamInterrupted("the upstream closed the stream before it finished")
         finished = True
     finally:
@@ -207,6 +264,13 @@ async def relay_stream(response: aiohttp.ClientResponse, first: bytes) -> AsyncI
             # Closing drops the connection: that is how a client that went away (or a broken
             # stream) cancels the upstream generation instead of letting it run on.
             response.close()
+
+
+def _last_event(data: bytes) -> bytes:
+    """The last event of `data` (and what follows it), whole or in the making."""
+    body = data.rstrip(b"\r\n")
+    boundary = max(body.rfind(b"\n\n"), body.rfind(b"\r\n\r\n"))
+    return data[boundary:] if boundary >= 0 else data
 
 
 def _is_json(raw: bytes) -> bool:
