@@ -25,6 +25,8 @@ from gateway.errors import GatewayError, VectorStoreUnavailable
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.observability import Observability
 from gateway.policy import Policy, PolicySnapshot, PolicyStore, RetrievalPolicy, hash_key
+from gateway.protocols.completions import CompletionsClient
+from gateway.protocols.messages import CountTokensEndpoint, MessagesClient
 from gateway.proxy import ProtocolEndpoint, Receive, Scope, Send, request_headers
 from gateway.services import (
     Services,
@@ -78,9 +80,13 @@ class Gateway:
         self._watcher: asyncio.Task[None] | None = None
         self._index_watcher: asyncio.Task[None] | None = None
         self._startup_error: str | None = None  # what keeps the gateway from starting, in words
+        # The hot path, one entry per generating or embedding route (plain ASGI, see proxy.py).
         self._fast_routes = {
             "/v1/chat/completions": ProtocolEndpoint(self, ChatClient()),
             "/v1/embeddings": ProtocolEndpoint(self, EmbeddingsClient()),
+            "/v1/completions": ProtocolEndpoint(self, CompletionsClient()),
+            "/v1/messages": ProtocolEndpoint(self, MessagesClient()),
+            "/v1/messages/count_tokens": CountTokensEndpoint(self),
         }
         self.starlette = Starlette(
             routes=[

@@ -2,14 +2,19 @@
 
 A `ClientProtocol` turns a client's body into the internal request, an internal answer (a
 completion or an event stream) into the client's wire format, and any `GatewayError` into the
-protocol's own envelope: as a response before anything was sent, as an error event after. The
-proxy itself never knows which protocol it is serving.
+protocol's own envelope: as a response before anything was sent, as an error event after. An
+upstream answer already in the client's protocol goes through `relay_json` / `relay_stream`,
+which pass the bytes on (a protocol with server-side state, the Responses API, also keeps what it
+must store). The proxy itself never knows which protocol it is serving.
+
+Each protocol's client lives in its own module under `gateway.protocols`; the OpenAI ones that
+need nothing beyond their codec are here.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import orjson
 
@@ -18,6 +23,10 @@ from gateway.protocols import chat, embeddings
 from gateway.protocols.model import Completion, Events
 from gateway.protocols.request import GatewayRequest
 from middleware.auth import bearer_or_api_key
+
+if TYPE_CHECKING:
+    from gateway.context import RequestContext
+    from gateway.policy import Policy
 
 ErrorReport = Callable[[GatewayError], None]
 ModelKind = Literal["chat", "embedding"]
@@ -30,13 +39,22 @@ class ClientProtocol(Protocol):
 
     def presented_key(self, headers: dict[str, str]) -> str | None: ...
 
-    async def decode(self, body: dict[str, Any], headers: dict[str, str], tenant: str) -> GatewayRequest: ...
+    async def decode(self, body: dict[str, Any], headers: dict[str, str], policy: Policy) -> GatewayRequest:
+        """The internal request, or a GatewayError naming what to fix."""
+        ...
 
-    def encode_json(self, completion: Completion, request: GatewayRequest, tenant: str) -> bytes: ...
+    async def encode_json(self, completion: Completion, ctx: RequestContext) -> bytes: ...
 
-    def encode_stream(
-        self, events: Events, request: GatewayRequest, tenant: str, report: ErrorReport
-    ) -> AsyncIterator[bytes]: ...
+    def encode_stream(self, events: Events, ctx: RequestContext, report: ErrorReport) -> AsyncIterator[bytes]:
+        """The stream in the client's protocol. A GatewayError raised by `events` is reported and
+        rendered as the protocol's error event; the stream never ends quietly on a failure."""
+        ...
+
+    async def relay_json(self, raw: bytes, ctx: RequestContext) -> bytes:
+        """An upstream answer in this protocol, as the client gets it."""
+        ...
+
+    def relay_stream(self, chunks: AsyncIterator[bytes], ctx: RequestContext) -> AsyncIterator[bytes]: ...
 
     def error_response(self, error: GatewayError) -> tuple[int, bytes]: ...
 
@@ -57,34 +75,36 @@ class OpenAIErrors:
     def stream_error(self, error: GatewayError) -> bytes:
         return chat.error_event(error)
 
+    async def relay_json(self, raw: bytes, ctx: RequestContext) -> bytes:
+        return raw
+
+    def relay_stream(self, chunks: AsyncIterator[bytes], ctx: RequestContext) -> AsyncIterator[bytes]:
+        return chunks
+
 
 class ChatClient(OpenAIErrors):
     name = "chat"
     model_kind: ModelKind = "chat"
 
-    async def decode(self, body: dict[str, Any], headers: dict[str, str], tenant: str) -> GatewayRequest:
+    async def decode(self, body: dict[str, Any], headers: dict[str, str], policy: Policy) -> GatewayRequest:
         return chat.decode_request(body)
 
-    def encode_json(self, completion: Completion, request: GatewayRequest, tenant: str) -> bytes:
-        return orjson.dumps(chat.encode_json(completion, request))
+    async def encode_json(self, completion: Completion, ctx: RequestContext) -> bytes:
+        return orjson.dumps(chat.encode_json(completion, ctx.request))
 
-    def encode_stream(
-        self, events: Events, request: GatewayRequest, tenant: str, report: ErrorReport
-    ) -> AsyncIterator[bytes]:
-        return chat.encode_stream(events, request, report)
+    def encode_stream(self, events: Events, ctx: RequestContext, report: ErrorReport) -> AsyncIterator[bytes]:
+        return chat.encode_stream(events, ctx.request, report)
 
 
 class EmbeddingsClient(OpenAIErrors):
     name = "embeddings"
     model_kind: ModelKind = "embedding"
 
-    async def decode(self, body: dict[str, Any], headers: dict[str, str], tenant: str) -> GatewayRequest:
+    async def decode(self, body: dict[str, Any], headers: dict[str, str], policy: Policy) -> GatewayRequest:
         return embeddings.decode_request(body)
 
-    def encode_json(self, completion: Completion, request: GatewayRequest, tenant: str) -> bytes:
+    async def encode_json(self, completion: Completion, ctx: RequestContext) -> bytes:
         raise AssertionError("embeddings are relayed as the upstream sent them")
 
-    def encode_stream(
-        self, events: Events, request: GatewayRequest, tenant: str, report: ErrorReport
-    ) -> AsyncIterator[bytes]:
+    def encode_stream(self, events: Events, ctx: RequestContext, report: ErrorReport) -> AsyncIterator[bytes]:
         raise AssertionError("embeddings do not stream")

@@ -168,7 +168,7 @@ class ProtocolEndpoint:
             body = parse_json_object(
                 await read_body(receive, headers, self.gateway.config.server.max_body_bytes)
             )
-            request = await protocol.decode(body, headers, policy.tenant)
+            request = await protocol.decode(body, headers, policy)
             known = self.gateway.serves(request.model, protocol.model_kind)
             check_model(policy, request.model, known, self.gateway.models_of(policy, protocol.model_kind))
             ctx = RequestContext(
@@ -263,11 +263,11 @@ class ProtocolEndpoint:
     ) -> None:
         protocol = self.protocol
         if response.is_raw and response.wire == protocol.name and response.raw is not None:
-            body = response.raw
+            body = await protocol.relay_json(response.raw, ctx)
         else:
             completion = response.completion()
             completion.model = ctx.served_model or ctx.model
-            body = protocol.encode_json(completion, ctx.request, ctx.tenant)
+            body = await protocol.encode_json(completion, ctx)
         if ctx.policy.log_content:
             exchange.response_body = orjson.loads(body)
         headers = JSON_HEADERS + header_list(ctx, ctx.request_id, ctx.started, response.headers)
@@ -297,10 +297,10 @@ async def send_stream(
         log.warning("request %s: stream interrupted: %s", ctx.request_id, error.message)
 
     if response.is_raw and response.wire == protocol.name and response.stream is not None:
-        chunks = _relay(response.stream, protocol, report, ctx.request_id)
+        chunks = _relay(protocol.relay_stream(response.stream, ctx), protocol, report, ctx.request_id)
     else:
         events = _public_model(_guarded(response.events(), ctx), ctx.served_model or ctx.model)
-        chunks = protocol.encode_stream(events, ctx.request, ctx.tenant, report)
+        chunks = protocol.encode_stream(events, ctx, report)
     try:
         # The router already waited for the upstream's first bytes, so this costs no latency.
         chunk = await anext(chunks, None)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from collections import defaultdict, deque
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -73,6 +75,12 @@ class MockUpstream:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self.chat)
+        # Native endpoints of the other protocols, one module each (tests/mock_protocols/).
+        from tests.mock_protocols import completions, messages, responses
+
+        app.router.add_post("/v1/responses", lambda r: responses.handle(self, r))
+        app.router.add_post("/v1/messages", lambda r: messages.handle(self, r))
+        app.router.add_post("/v1/completions", lambda r: completions.handle(self, r))
         app.router.add_post("/_control", self.control)
         app.router.add_get("/_requests", self.list_requests)
         app.router.add_post("/_reset", self.reset)
@@ -91,6 +99,20 @@ class MockUpstream:
 
     async def list_requests(self, request: web.Request) -> web.Response:
         return web.json_response({"requests": self.requests, "cancelled": self.cancelled})
+
+    def remember(self, request: web.Request, body: dict[str, Any]) -> None:
+        if self.record:
+            self.requests.append(
+                {
+                    "path": request.path,
+                    "query": dict(request.query),
+                    "body": body,
+                    "headers": {k.lower(): v for k, v in request.headers.items()},
+                }
+            )
+
+    def step(self, model: str) -> str:
+        return self._step(model)
 
     def _step(self, model: str) -> str:
         script = self.scripts.get(model)
@@ -216,6 +238,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     args = parser.parse_args()
+    # Run as a script (the benchmarks): the project root must be importable for tests.mock_protocols.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     mock = MockUpstream(args.latency_ms)
     mock.record = False
     web.run_app(mock.app(), host=args.host, port=args.port, access_log=None, print=None)

@@ -68,6 +68,7 @@ class GatewayRequest:
         "client_wants_usage",
         "model",
         "native",
+        "origin",
         "protocol",
         "relay_headers",
         "stream",
@@ -83,6 +84,9 @@ class GatewayRequest:
         self.body = body
         self.protocol: Protocol = protocol
         self.native = native  # the client's own body, for a deployment that speaks its protocol
+        # The decoding protocol's own record of the call (the Responses API's stored-response
+        # settings, say): read only by that protocol's module, never by a stage.
+        self.origin: Any = None
         self.model: str = body.get("model") or ""  # the public model name (a budget downgrade may change it)
         self.stream = bool(body.get("stream"))
         options = body.get("stream_options")
