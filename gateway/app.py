@@ -27,6 +27,7 @@ from gateway.observability import Observability
 from gateway.policy import Policy, PolicySnapshot, PolicyStore, RetrievalPolicy, hash_key
 from gateway.protocols.completions import CompletionsClient
 from gateway.protocols.messages import CountTokensEndpoint, MessagesClient
+from gateway.protocols.responses import ResponsesClient, not_found
 from gateway.proxy import ProtocolEndpoint, Receive, Scope, Send, request_headers
 from gateway.services import (
     Services,
@@ -80,11 +81,13 @@ class Gateway:
         self._watcher: asyncio.Task[None] | None = None
         self._index_watcher: asyncio.Task[None] | None = None
         self._startup_error: str | None = None  # what keeps the gateway from starting, in words
+        self.responses = ResponsesClient(lambda: self.services.state)
         # The hot path, one entry per generating or embedding route (plain ASGI, see proxy.py).
         self._fast_routes = {
             "/v1/chat/completions": ProtocolEndpoint(self, ChatClient()),
             "/v1/embeddings": ProtocolEndpoint(self, EmbeddingsClient()),
             "/v1/completions": ProtocolEndpoint(self, CompletionsClient()),
+            "/v1/responses": ProtocolEndpoint(self, self.responses),
             "/v1/messages": ProtocolEndpoint(self, MessagesClient()),
             "/v1/messages/count_tokens": CountTokensEndpoint(self),
         }
@@ -95,6 +98,9 @@ class Gateway:
                 Route("/metrics", self.metrics, methods=["GET"]),
                 Route("/v1/models", self.list_models, methods=["GET"]),
                 Route("/v1/models/{model:path}", self.get_model, methods=["GET"]),
+                Route("/v1/responses/{response_id}", self.get_response, methods=["GET"]),
+                Route("/v1/responses/{response_id}", self.delete_response, methods=["DELETE"]),
+                Route("/v1/responses/{response_id}/input_items", self.response_input_items, methods=["GET"]),
                 Route("/admin/tenants/{tenant}/documents", self.admin_documents, methods=["POST"]),
                 Route("/admin/tenants/{tenant}/reindex", self.admin_reindex, methods=["POST"]),
                 Route("/admin/tenants/{tenant}/spend", self.admin_spend, methods=["GET"]),
@@ -322,6 +328,49 @@ class Gateway:
         except GatewayError as error:
             return error_response(error)
         return JSONResponse(_model_card(name))
+
+    # -- stored responses (the Responses API's GET / DELETE) -------------------------------------
+
+    async def _stored_response(self, request: Request) -> tuple[Policy, str, dict[str, Any]]:
+        policy = self._authenticated_policy(request)
+        response_id = request.path_params["response_id"]
+        record = await self.responses.store.load(policy.tenant, response_id)
+        if record is None:
+            raise not_found(response_id)
+        return policy, response_id, record
+
+    async def get_response(self, request: Request) -> Response:
+        try:
+            _, _, record = await self._stored_response(request)
+        except GatewayError as error:
+            return error_response(error)
+        return JSONResponse(record["response"])
+
+    async def delete_response(self, request: Request) -> Response:
+        try:
+            policy, response_id, _ = await self._stored_response(request)
+            await self.responses.store.delete(policy.tenant, response_id)
+        except GatewayError as error:
+            return error_response(error)
+        return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+
+    async def response_input_items(self, request: Request) -> Response:
+        try:
+            _, _, record = await self._stored_response(request)
+        except GatewayError as error:
+            return error_response(error)
+        items = list(record["input"])
+        if request.query_params.get("order", "desc") == "desc":
+            items.reverse()  # OpenAI lists the newest item first unless asked otherwise
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": items,
+                "first_id": items[0].get("id") if items else None,
+                "last_id": items[-1].get("id") if items else None,
+                "has_more": False,
+            }
+        )
 
     async def admin_documents(self, request: Request) -> Response:
         return await ingest_documents(self, request)

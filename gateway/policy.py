@@ -122,6 +122,20 @@ def _check_key_hash(value: str) -> str:
 KeyHash = Annotated[str, AfterValidator(_check_key_hash)]
 
 
+class ResponsesPolicy(_Strict):
+    """The Responses API's stored responses (`store: true`, `previous_response_id`)."""
+
+    store_ttl_s: int = Field(
+        default=30 * 86400,
+        ge=60,
+        le=365 * 86400,
+        description="How long a stored response (and the conversation it carries) is kept; OpenAI keeps 30 days",
+    )
+    store_by_default: bool = Field(
+        default=True, description="What a request without `store` gets (OpenAI's default is true)"
+    )
+
+
 class Policy(_Strict):
     """Everything a tenant may do and how each stage of the chain treats its requests."""
 
@@ -138,6 +152,7 @@ class Policy(_Strict):
     cache: CachePolicy = Field(default_factory=CachePolicy)
     input_guardrails: InputGuardrailsPolicy = Field(default_factory=InputGuardrailsPolicy)
     output_guardrails: OutputGuardrailsPolicy = Field(default_factory=OutputGuardrailsPolicy)
+    responses: ResponsesPolicy = Field(default_factory=ResponsesPolicy)
 
     @field_validator("tenant")
     @classmethod

@@ -131,3 +131,25 @@ async def test_soft_alert_is_reported_once(state: StateBackend) -> None:
     budget = BudgetCheck(f"{t}:usd", limit_nanos=100, amount_nanos=10, expires_at=FAR, alert_nanos=80)
     alerts = [any(b.alert for b in (await state.admit([], [budget])).budgets) for _ in range(10)]
     assert alerts == [False] * 7 + [True] + [False] * 2
+
+
+async def test_records_are_kept_until_deleted_and_isolated_by_key(state: StateBackend) -> None:
+    key = tenant() + ":resp_1"
+    assert await state.get_record(key) is None
+    await state.put_record(key, b'{"id": "resp_1"}', ttl_s=60)
+    await state.put_record(key + "x", b"other", ttl_s=60)
+    assert await state.get_record(key) == b'{"id": "resp_1"}'
+    assert await state.delete_record(key) is True
+    assert await state.get_record(key) is None
+    assert await state.delete_record(key) is False
+    assert await state.get_record(key + "x") == b"other"
+
+
+async def test_records_expire() -> None:
+    now = [1_000_000]
+    memory = MemoryState(clock_us=lambda: now[0])
+    await memory.put_record("k", b"v", ttl_s=10)
+    now[0] += 9_000_000
+    assert await memory.get_record("k") == b"v"
+    now[0] += 2_000_000
+    assert await memory.get_record("k") is None

@@ -68,6 +68,7 @@ class GatewayRequest:
         "client_wants_usage",
         "model",
         "native",
+        "native_only",
         "origin",
         "protocol",
         "relay_headers",
@@ -87,6 +88,10 @@ class GatewayRequest:
         # The decoding protocol's own record of the call (the Responses API's stored-response
         # settings, say): read only by that protocol's module, never by a stage.
         self.origin: Any = None
+        # Client fields only a deployment speaking the client's own protocol can honour
+        # (param -> why): a translated call refuses them with a 400 naming the field, never
+        # drops them quietly.
+        self.native_only: dict[str, str] = {}
         self.model: str = body.get("model") or ""  # the public model name (a budget downgrade may change it)
         self.stream = bool(body.get("stream"))
         options = body.get("stream_options")
@@ -165,6 +170,18 @@ class GatewayRequest:
     def rewritten(self, text: str) -> str:
         """A native body's text after the stages' rewrites (identical texts get the same rewrite)."""
         return self.text_rewrites.get(text, text) if self.text_rewrites else text
+
+    def check_translatable(self, wire: str) -> None:
+        """Raise the 400 for a field that cannot be carried over when the upstream speaks `wire`."""
+        if wire != self.protocol and self.native_only:
+            from gateway.errors import unsupported
+
+            param, why = next(iter(self.native_only.items()))
+            raise unsupported(
+                param,
+                f"'{param}' is not supported for model '{self.model}': {why} (this model's "
+                f"deployment is reached through {wire}, which has no equivalent).",
+            )
 
     # -- what the request may cost ----------------------------------------------------------------
 

@@ -61,6 +61,7 @@ class MemoryState:
         self._ledger_expiry: dict[str, int] = {}
         self._alerted: set[str] = set()
         self._reports: dict[str, dict[str, int]] = {}
+        self._records: dict[str, tuple[bytes, int]] = {}  # key -> (value, expires at, µs)
 
     async def admit(self, rates: list[RateCheck], budgets: list[BudgetCheck]) -> Verdict:
         now = self._clock()
@@ -148,6 +149,22 @@ class MemoryState:
 
     async def ledger(self, key: str) -> int:
         return self._ledgers.get(key, 0)
+
+    async def put_record(self, key: str, value: bytes, ttl_s: int) -> None:
+        now = self._clock()
+        if len(self._records) > 4096:  # expired records are dropped as new ones arrive
+            self._records = {k: v for k, v in self._records.items() if v[1] > now}
+        self._records[key] = (value, now + ttl_s * 1_000_000)
+
+    async def get_record(self, key: str) -> bytes | None:
+        record = self._records.get(key)
+        if record is None or record[1] <= self._clock():
+            self._records.pop(key, None)
+            return None
+        return record[0]
+
+    async def delete_record(self, key: str) -> bool:
+        return await self.get_record(key) is not None and self._records.pop(key, None) is not None
 
     async def ping(self) -> bool:
         return True

@@ -158,6 +158,24 @@ class RedisState:
         value = await self._guard(read)
         return int(value or 0)
 
+    async def put_record(self, key: str, value: bytes, ttl_s: int) -> None:
+        async def put() -> Any:
+            return await self._client.set(f"{PREFIX}rec:{key}", value, ex=ttl_s)
+
+        await self._guard(put)
+
+    async def get_record(self, key: str) -> bytes | None:
+        async def get() -> Any:
+            return await self._client.get(f"{PREFIX}rec:{key}")
+
+        return await self._guard(get)
+
+    async def delete_record(self, key: str) -> bool:
+        async def delete() -> Any:
+            return await self._client.delete(f"{PREFIX}rec:{key}")
+
+        return bool(await self._guard(delete))
+
     async def ping(self) -> bool:
         try:
             return bool(await self._client.ping())

@@ -80,6 +80,7 @@ def wire_for(deployment: DeploymentConfig, request: GatewayRequest) -> str:
 
 def upstream_request(deployment: DeploymentConfig, request: GatewayRequest, wire: str) -> tuple[str, dict]:
     """(operation path, body) for speaking `wire` to this deployment."""
+    request.check_translatable(wire)
     if wire == "chat":
         return "chat/completions", chat.upstream_body(request, deployment.model)
     codec = wire_codec(wire)

@@ -78,6 +78,7 @@ class LiteLLMClient:
     async def generate(
         self, deployment: DeploymentConfig, request: GatewayRequest, headers: dict[str, str] | None = None
     ) -> GatewayResponse:
+        request.check_translatable("chat")
         body, stream = request.body, request.stream
         params = self._params(deployment, body)
         if stream:

@@ -119,6 +119,7 @@ class LocalClient:
     async def generate(
         self, deployment: DeploymentConfig, request: GatewayRequest, headers: dict[str, str] | None = None
     ) -> GatewayResponse:
+        request.check_translatable("chat")
         messages = request.messages
         answer = extractive_answer(messages)
         completion = Completion(
