@@ -24,7 +24,7 @@ from gateway.edge import ChatClient, EmbeddingsClient, ModelKind
 from gateway.errors import GatewayError, VectorStoreUnavailable
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.observability import Observability
-from gateway.policy import Policy, PolicySnapshot, PolicyStore, RetrievalPolicy, hash_key
+from gateway.policy import Policy, PolicySnapshot, PolicyStore, RetrievalPolicy, hash_key, unknown_models
 from gateway.protocols.completions import CompletionsClient
 from gateway.protocols.messages import CountTokensEndpoint, MessagesClient
 from gateway.protocols.responses import ResponsesClient, not_found
@@ -162,6 +162,10 @@ class Gateway:
         errors = await asyncio.to_thread(self.policies.load)
         for error in errors:
             log.error("%s", error)
+        configured = [m.name for m in self.config.models]
+        for policy in self.policies.snapshot.policies.values():
+            for problem in unknown_models(policy, configured, f"policy {policy.tenant!r}"):
+                log.error("%s (requests for it get 404)", problem)
         await asyncio.to_thread(self._prepare_indexes)
         state = self.services.state
         if state is not None and state.name != "memory" and not await state.ping():
@@ -173,6 +177,8 @@ class Gateway:
         self._watcher = asyncio.create_task(self.policies.watch())
         if self.config.vector_store.url and self.services.retrieval is not None:
             # Replicas share a Chroma server: pick up ingests and rebuilds made by other processes.
+            # (An embedded store is one process's: its HNSW segments do not follow another
+            # process's writes, so a CLI ingest beside a running gateway shows at its restart.)
             self._index_watcher = asyncio.create_task(self._follow_indexes())
         log.info(
             "rag-gateway ready: %d tenants, %d models",

@@ -91,7 +91,8 @@ def _policies_dir(args: argparse.Namespace) -> Path:
 
 def cmd_policy_validate(args: argparse.Namespace) -> int:
     directory = _policies_dir(args)
-    policies, problems = validate_dir(directory)
+    configured = [m.name for m in _config(args).models]
+    policies, problems = validate_dir(directory, configured)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:

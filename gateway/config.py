@@ -201,6 +201,11 @@ class TelemetryConfig(_Strict):
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     models: list[ModelConfig] = Field(default_factory=list)
+    builtin_models: bool = Field(
+        default=True,
+        description="Keep the offline built-ins (local-extractive, local-minilm) beside `models:`; "
+        "false serves only the models listed",
+    )
     policies_dir: str | None = None
     router: RouterConfig = Field(default_factory=RouterConfig)
     state: str = Field(default="memory", description="'memory' or redis://host:port/db")
@@ -280,6 +285,10 @@ def load_config(path: str | Path | None) -> GatewayConfig:
     """Read gateway.yaml, or return the embedded defaults when no file is given."""
     if path is None:
         config = GatewayConfig(models=default_models())
+        # `make run` from a checkout: the shipped policies are the tenants, so a tenant added
+        # there (keys create + its policy file) is served and hot-reloaded like any other.
+        if (Path.cwd() / "policies").is_dir():
+            config.policies_dir = str(Path.cwd() / "policies")
         # From a source checkout the corpus sits beside the package; in the container, in the workdir.
         for corpus in (SAMPLE_CORPUS, Path.cwd() / "samples" / "corpus"):
             if corpus.is_dir():
@@ -300,6 +309,13 @@ def load_config(path: str | Path | None) -> GatewayConfig:
         config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(str(path), exc)) from exc
-    if not config.models:
-        config.models = default_models()
+    add_builtin_models(config)
     return config
+
+
+def add_builtin_models(config: GatewayConfig) -> None:
+    """The offline built-ins join the configured models unless switched off (or renamed over)."""
+    if not config.builtin_models and config.models:
+        return
+    names = {m.name for m in config.models}
+    config.models = config.models + [m for m in default_models() if m.name not in names]

@@ -8,13 +8,14 @@ that tenant's last good policy and logs why.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import hashlib
 import hmac
 import logging
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -129,7 +130,8 @@ class ResponsesPolicy(_Strict):
         default=30 * 86400,
         ge=60,
         le=365 * 86400,
-        description="How long a stored response (and the conversation it carries) is kept; OpenAI keeps 30 days",
+        description="How long a stored response (and the conversation it carries) is kept; "
+        "OpenAI keeps 30 days",
     )
     store_by_default: bool = Field(
         default=True, description="What a request without `store` gets (OpenAI's default is true)"
@@ -229,8 +231,11 @@ def tenant_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("*.yaml") if not p.name.startswith("_"))
 
 
-def validate_dir(directory: Path) -> tuple[list[Policy], list[str]]:
-    """Every policy in a folder, and every problem found (file, field, what is wrong)."""
+def validate_dir(
+    directory: Path, configured_models: Iterable[str] | None = None
+) -> tuple[list[Policy], list[str]]:
+    """Every policy in a folder, and every problem found (file, field, what is wrong); with
+    `configured_models`, also each model a policy names that the gateway does not serve."""
     problems: list[str] = []
     policies: list[Policy] = []
     if not directory.is_dir():
@@ -250,8 +255,32 @@ def validate_dir(directory: Path) -> tuple[list[Policy], list[str]]:
             owner = seen_keys.setdefault(key, policy.tenant)
             if owner != policy.tenant:
                 problems.append(f"{path}: api_keys: a key is also listed by tenant {owner!r}")
+        if configured_models is not None:
+            problems += unknown_models(policy, configured_models, str(path))
         policies.append(policy)
     return policies, problems
+
+
+def unknown_models(policy: Policy, configured: Iterable[str], source: str) -> list[str]:
+    """Each model a policy names that gateway.yaml does not define, with the closest configured name."""
+    names = sorted(set(configured))
+    named: list[tuple[str, str]] = [("models", m) for m in policy.models if m != "*"]
+    if policy.budget.downgrade_to:
+        named.append(("budget.downgrade_to", policy.budget.downgrade_to))
+    if policy.retrieval.rerank.model:
+        named.append(("retrieval.rerank.model", policy.retrieval.rerank.model))
+    named += [("rate_limit.per_model", m) for m in policy.rate_limit.per_model]
+    problems = []
+    for where, model in named:
+        if model in names:
+            continue
+        close = difflib.get_close_matches(model, names, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; configured: {', '.join(names) or 'none'}"
+        problems.append(
+            f"{source}: tenant {policy.tenant!r}: {where}: {model!r} is not a model gateway.yaml "
+            f"defines{hint}"
+        )
+    return problems
 
 
 @dataclass(frozen=True, slots=True)

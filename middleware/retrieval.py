@@ -163,6 +163,8 @@ def conflict_instructions(outcome: RetrievalOutcome, settings: RetrievalPolicy) 
     for g, group in enumerate(outcome.conflicts, start=1):
         values = "; ".join(f"[{m + 1}] says {value}" for m, value in sorted(group.values.items()))
         line = f"Conflict {g} ({group.subject}): {values}."
+        if not any(outcome.injected[m].chunk.doc_date for m in group.members):
+            line += " None of these sources states a date or version: which is newer is unknown."
         newest_member = next((m for m in group.members if m in outcome.preferred), None)
         if newest_member is not None:
             line += f" Prefer [{newest_member + 1}], the newest source."
@@ -313,7 +315,12 @@ class RetrievalStage:
             chunks = [h.chunk for h in outcome.injected]
             outcome.conflicts = find_conflicts(chunks)
             if settings.prefer_newest_on_conflict:
-                outcome.preferred = {newest(chunks, group) for group in outcome.conflicts}
+                # An undated group has no newest member: nothing is preferred, the note says why.
+                outcome.preferred = {
+                    newest(chunks, group)
+                    for group in outcome.conflicts
+                    if any(chunks[m].doc_date for m in group.members)
+                }
             system = settings.template.replace(
                 "{sources}", format_sources(outcome.injected, outcome.conflicts)
             )

@@ -37,10 +37,10 @@ def test_tenant_inherits_and_overrides_default(tmp_path: Path) -> None:
 
 
 def test_validate_names_file_field_and_problem(tmp_path: Path, capsys) -> None:
-    write(tmp_path / "_default.yaml", {"models": ["a"]})
+    write(tmp_path / "_default.yaml", {"models": ["local-extractive"]})
     write(tmp_path / "good.yaml", {"tenant": "good"})
     write(tmp_path / "bad.yaml", {"tenant": "bad", "api_keys": ["sk-plaintext-key"]})
-    write(tmp_path / "typo.yaml", {"tenant": "typo", "modles": ["a"]})
+    write(tmp_path / "typo.yaml", {"tenant": "typo", "modles": ["local-extractive"]})
     write(tmp_path / "misnamed.yaml", {"tenant": "someone-else"})
     assert main(["policy", "validate", str(tmp_path)]) == 1
     err = capsys.readouterr().err
@@ -176,3 +176,32 @@ def test_readme_policy_examples_validate() -> None:
             Policy.model_validate({"tenant": "readme", **{k: v for k, v in data.items() if k != "api_keys"}})
             examples += 1
     assert examples >= 3
+
+
+def test_validate_reports_a_model_gateway_yaml_does_not_define(tmp_path: Path, capsys) -> None:
+    """Built-ins stay beside `models:`; a policy naming an unknown model is reported with a hint."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "policies_dir": "policies",
+                "models": [
+                    {"name": "gpt-4o-mini", "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]}
+                ],
+            }
+        )
+    )
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    write(
+        policies / "ok.yaml", {"tenant": "ok", "models": ["gpt-4o-mini", "local-extractive", "local-minilm"]}
+    )
+    write(policies / "typo.yaml", {"tenant": "typo", "models": ["gpt-4o-mnii"]})
+    assert main(["policy", "validate", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert f"{policies / 'typo.yaml'}: tenant 'typo': models: 'gpt-4o-mnii'" in err
+    assert "did you mean 'gpt-4o-mini'?" in err
+    assert "ok.yaml" not in err  # the built-in models are still served beside the configured one
+    config.write_text(config.read_text() + "builtin_models: false\n")
+    assert main(["policy", "validate", "--config", str(config)]) == 1
+    assert "'local-extractive' is not a model gateway.yaml defines" in capsys.readouterr().err

@@ -141,13 +141,12 @@ class Ingestor:
         report = IngestReport(tenant)
         known = self.index.document_hashes()
         seen: set[str] = set()
-        now = time.time()
         s = self.settings
 
         def parse(item: tuple[str, bytes, str | None]) -> ParsedFile:
             name, data, doc_id = item
             return parse_bytes(
-                name, data, doc_id=doc_id, max_bytes=s.max_file_bytes, chunking=s.chunking, mtime=now
+                name, data, doc_id=doc_id, max_bytes=s.max_file_bytes, chunking=s.chunking
             )
 
         with ThreadPoolExecutor(max_workers=s.parse_threads, thread_name_prefix="parse") as pool:

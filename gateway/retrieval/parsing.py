@@ -13,7 +13,6 @@ from pathlib import Path, PurePosixPath
 
 from .chunking import ChunkingConfig, chunk_document
 from .formats import TEXT_KINDS, ParseError, detect_kind, parse_document
-from .formats.dates import mtime_to_iso_date
 from .formats.ocr import OcrUnavailable
 from .formats.textutil import looks_binary
 from .types import ParsedFile
@@ -62,7 +61,6 @@ def parse_file(
         data,
         doc_id=doc_id,
         source=doc_id,
-        mtime=stat.st_mtime,
         max_bytes=max_bytes,
         chunking=chunking,
         max_ocr_pages=max_ocr_pages,
@@ -75,14 +73,14 @@ def parse_bytes(
     *,
     doc_id: str | None = None,
     source: str | None = None,
-    mtime: float | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     chunking: ChunkingConfig | None = None,
     max_ocr_pages: int = DEFAULT_MAX_OCR_PAGES,
 ) -> ParsedFile:
     """Parse and chunk uploaded bytes. `name` (a file name) selects the format; doc_id and
-    source default to it. `mtime` (epoch seconds) is the date fallback when the document
-    states none; without it such documents get doc_date None."""
+    source default to it. A document's date comes only from the document itself (front matter,
+    PDF/DOCX metadata, a dated heading): a file's modification or upload time says when it was
+    copied, not when it was written, so undated documents stay undated."""
     doc_id = doc_id if doc_id is not None else PurePosixPath(name.replace("\\", "/")).as_posix()
     source = source if source is not None else doc_id
     detected = detect_kind(name)
@@ -113,8 +111,6 @@ def parse_bytes(
         return error(f"unreadable {kind}: {type(exc).__name__}: {exc}")
 
     doc.title = doc.title or PurePosixPath(doc_id).name
-    if doc.date is None and doc.version is None and mtime is not None:
-        doc.date = mtime_to_iso_date(mtime)
     try:
         chunks = chunk_document(doc, doc_id=doc_id, source=source, content_hash=digest, config=chunking)
     except Exception as exc:  # a chunker bug should cost one file, not the whole ingest

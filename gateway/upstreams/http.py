@@ -75,7 +75,8 @@ def wire_for(deployment: DeploymentConfig, request: GatewayRequest) -> str:
     apis = deployment.speaks
     if request.protocol in apis:
         return request.protocol
-    return "messages" if "chat" not in apis else "chat"
+    # Chat is the lingua franca; a deployment without it gets its own API translated to.
+    return "chat" if "chat" in apis else apis[0]
 
 
 def upstream_request(deployment: DeploymentConfig, request: GatewayRequest, wire: str) -> tuple[str, dict]:

@@ -31,6 +31,3 @@ def to_iso_date(value: object) -> str | None:
     except ValueError:
         return None
 
-
-def mtime_to_iso_date(mtime: float) -> str:
-    return dt.datetime.fromtimestamp(mtime, tz=dt.UTC).date().isoformat()
