@@ -37,6 +37,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ.pop("RAG_GATEWAY_CONFIG", None)
     # uvicorn re-raises the signal it caught once it has drained; with our own (no-op) handlers in
     # place that re-raise lands here instead of killing the process, so a drained SIGTERM exits 0.
+    # Read by gateway.server_protocol in each worker (uvicorn builds the protocol class by name).
+    os.environ["RAG_GATEWAY_HEADER_TIMEOUT_S"] = str(config.server.header_timeout_s)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
     uvicorn.run(
@@ -46,7 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http="gateway.server_protocol:HeaderTimeoutProtocol",
         lifespan="on",
         access_log=False,
         proxy_headers=False,  # the gateway reads no forwarded headers; skip the per-request middleware

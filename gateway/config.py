@@ -140,6 +140,12 @@ class ServerConfig(_Strict):
     workers: int = Field(default=1, ge=1)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     drain_timeout_s: float = Field(default=30.0, ge=0)
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="A client that has not sent its request headers by then is dropped"
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="A request body not fully received by then gets 408"
+    )
     admin_key_env: str | None = Field(
         default=None, description="Environment variable holding the admin API key"
     )

@@ -65,10 +65,23 @@ def request_id_from(headers: dict[str, str]) -> str:
     return f"{_ID_PREFIX}{next(_id_counter) & 0xFFFFFFFFFFFF:012x}"
 
 
-async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
+async def read_body(receive: Receive, headers: dict[str, str], limit: int, timeout_s: float = 30.0) -> bytes:
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_chunks(receive, limit)
+    except TimeoutError:
+        # A client trickling its body would hold a connection and a task for as long as it likes.
+        raise GatewayError(
+            408,
+            f"The request body was not received within {timeout_s:g}s; send it in one go.",
+            code="request_timeout",
+        ) from None
+
+
+async def _read_chunks(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -166,7 +179,12 @@ class ProtocolEndpoint:
                 protocol.presented_key(headers), self.gateway.policies.snapshot, protocol.key_hint
             )
             body = parse_json_object(
-                await read_body(receive, headers, self.gateway.config.server.max_body_bytes)
+                await read_body(
+                    receive,
+                    headers,
+                    self.gateway.config.server.max_body_bytes,
+                    self.gateway.config.server.body_timeout_s,
+                )
             )
             request = await protocol.decode(body, headers, policy)
             known = self.gateway.serves(request.model, protocol.model_kind)
@@ -275,6 +293,7 @@ class ProtocolEndpoint:
         watching["answered"] = True
         exchange.ended = time.perf_counter()
         await send({"type": "http.response.body", "body": body})
+
 
 async def send_stream(
     ctx: RequestContext,

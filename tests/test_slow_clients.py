@@ -1,0 +1,84 @@
+"""Clients that trickle their headers or body cannot hold connections open: dropped, or 408."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from tests.conftest import free_port
+
+
+def test_trickling_headers_are_dropped_and_a_slow_body_gets_408(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        yaml.safe_dump({"server": {"port": port, "header_timeout_s": 1.0, "body_timeout_s": 1.0}})
+    )
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "the gateway did not start"
+            time.sleep(0.1)
+
+        tricklers = []
+        for _ in range(50):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+            sock.settimeout(0.05)
+            tricklers.append(sock)
+        opened = time.monotonic()
+        alive = set(range(len(tricklers)))
+        while alive and time.monotonic() - opened < 6:
+            for i in list(alive):
+                sock = tricklers[i]
+                try:
+                    sock.sendall(b"X")  # one more header byte, never the blank line
+                    if sock.recv(1024) == b"":
+                        alive.discard(i)
+                except TimeoutError:
+                    pass
+                except OSError:  # reset by the server
+                    alive.discard(i)
+            # Meanwhile an honest client is served.
+            assert httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+        dropped_after = time.monotonic() - opened
+        assert not alive, f"{len(alive)} trickling connections still open after {dropped_after:.1f}s"
+        assert dropped_after >= 0.9  # not before the configured second
+        for sock in tricklers:
+            sock.close()
+
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-demo-rag-gateway\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"model":'
+        )
+        slow.settimeout(5)
+        answer = slow.recv(4096)
+        slow.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"request_timeout" in answer
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
