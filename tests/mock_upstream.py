@@ -197,6 +197,16 @@ class MockUpstream:
             return response
         try:
             await response.write(_chunk(model, {"role": "assistant", "content": ""}))
+            if step == "tool_call":  # the call's name first, its arguments in two pieces
+                start = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather"}}
+                await response.write(_chunk(model, {"tool_calls": [start]}))
+                for piece in ('{"city": ', '"Paris"}'):
+                    await response.write(
+                        _chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+                    )
+                await response.write(_chunk(model, {}, "tool_calls"))
+                await response.write(b"data: [DONE]\n\n")
+                return response
             words = [said[i : i + 4] for i in range(0, len(said), 4)] if said else CHUNK_WORDS
             for i, word in enumerate(words):
                 if step == "stream_break" and i == 2:

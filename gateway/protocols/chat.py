@@ -34,7 +34,7 @@ from gateway.protocols.model import (
     UsageReport,
 )
 from gateway.protocols.request import GatewayRequest
-from gateway.protocols.sse import DONE_EVENT, encode_event, event_data, iter_events
+from gateway.protocols.sse import DONE_EVENT, encode_event, event_data, iter_json, replay
 from gateway.validation import check_types, reject_forbidden, require_model
 
 NAME = "chat"
@@ -198,24 +198,8 @@ async def decode_stream(chunks: AsyncIterator[bytes]) -> Events:
         ready = [k for k in pending if choice is None or k[0] == choice]
         return [ToolCallStart(k[1], *pending.pop(k), k[0]) for k in ready]  # type: ignore[misc]
 
-    async for event in iter_events(chunks):
-        payload = event_data(event)
-        if payload is None:
-            continue
-        if payload == b"[DONE]":
-            for start in flush():
-                yield start
-            return
-        try:
-            chunk = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise StreamInterrupted(f"the upstream sent an unreadable stream event ({exc})") from exc
-        if not isinstance(chunk, dict):
-            continue
-        error = chunk.get("error")
-        if error:
-            message = error.get("message") if isinstance(error, dict) else str(error)
-            raise StreamInterrupted(f"the upstream reported an error mid-stream: {message}")
+    async for chunk in iter_json(chunks):
+        raise_reported_error(chunk)
         if not started:
             started = True
             created = chunk.get("created")
@@ -258,6 +242,16 @@ async def decode_stream(chunks: AsyncIterator[bytes]) -> Events:
             yield UsageReport(usage)
         if isinstance(chunk.get("citations"), list):
             yield Citations(chunk["citations"])
+    for start in flush():
+        yield start
+
+
+def raise_reported_error(chunk: dict[str, Any]) -> None:
+    """An OpenAI stream chunk that carries an error object ends the stream as a failure."""
+    error = chunk.get("error")
+    if error:
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        raise StreamInterrupted(f"the upstream reported an error mid-stream: {message}")
 
 
 # -- the client's answer ----------------------------------------------------------------------
@@ -360,7 +354,14 @@ def usage_of_body(data: dict[str, Any]) -> Usage | None:
 
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"([a-z_]+)"')
-_CONTENT = re.compile(rb'"(?:content|arguments)"\s*:\s*"[^"]')
+
+
+def pattern_for_field(*names: str) -> re.Pattern[bytes]:
+    """Finds a non-empty string value of one of these fields in raw chunk bytes."""
+    return re.compile(rb'"(?:' + b"|".join(n.encode() for n in names) + rb')"\s*:\s*"[^"]')
+
+
+_CONTENT = pattern_for_field("content", "arguments")
 
 
 class StreamTap:
@@ -369,6 +370,12 @@ class StreamTap:
     first generated text are found by pattern. `strip`: the client did not ask for usage (the
     gateway did), so the usage-only chunk is dropped. Without usage, the kept events are decoded
     at the end so the text can be counted."""
+
+    content_pattern = _CONTENT
+
+    @staticmethod
+    def decoder(chunks: AsyncIterator[bytes]) -> Events:
+        return decode_stream(chunks)
 
     def __init__(self, strip: bool) -> None:
         self.strip = strip
@@ -382,7 +389,7 @@ class StreamTap:
             if chunk is not None:
                 facts.id = str(chunk.get("id") or "")
                 facts.model = str(chunk.get("model") or "")
-        if facts.first_output is None and _CONTENT.search(event):
+        if facts.first_output is None and self.content_pattern.search(event):
             facts.mark_output()
         elif facts.first_output is not None:
             facts.output_events += 1
@@ -400,7 +407,7 @@ class StreamTap:
 
     async def generated_text(self) -> str:
         """The streamed text (for counting when the upstream sent no usage)."""
-        return await text_of_events(decode_stream(_replay(self._kept)))
+        return await text_of_events(self.decoder(replay(self._kept)))
 
 
 def _chunk_of(event: bytes) -> dict[str, Any] | None:
@@ -412,8 +419,3 @@ def _chunk_of(event: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return chunk if isinstance(chunk, dict) else None
-
-
-async def _replay(events: list[bytes]) -> AsyncIterator[bytes]:
-    for event in events:
-        yield event

@@ -47,7 +47,7 @@ from gateway.protocols.model import (
     UsageReport,
 )
 from gateway.protocols.request import GatewayRequest
-from gateway.protocols.sse import encode_named, event_data, event_name, iter_events
+from gateway.protocols.sse import encode_named, event_data, event_name, iter_events, iter_json, replay
 from gateway.validation import check_bounds, reject_forbidden, require_model
 
 if TYPE_CHECKING:
@@ -1135,16 +1135,7 @@ def decode_json(data: dict[str, Any]) -> Completion:
 async def decode_stream(chunks: AsyncIterator[bytes]) -> Events:
     calls = 0
     has_calls = False
-    async for event in iter_events(chunks):
-        payload = event_data(event)
-        if not payload:
-            continue
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise StreamInterrupted(f"the upstream sent an unreadable stream event ({exc})") from exc
-        if not isinstance(data, dict):
-            continue
+    async for data in iter_json(chunks):
         kind = data.get("type")
         if kind == "response.output_text.delta":
             yield TextDelta(str(data.get("delta") or ""))
@@ -1210,9 +1201,4 @@ class StreamTap:
         return event
 
     async def generated_text(self) -> str:
-        return await text_of_events(decode_stream(_replay(self._kept)))
-
-
-async def _replay(events: list[bytes]) -> AsyncIterator[bytes]:
-    for event in events:
-        yield event
+        return await text_of_events(decode_stream(replay(self._kept)))

@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import StreamInterrupted
+
 DONE_EVENT = b"data: [DONE]\n\n"
 
 
@@ -55,3 +57,26 @@ def event_name(event: bytes) -> str | None:
                 return line[6:].strip().decode("utf-8", "replace")
         return None
     return event[6 : event.index(b"\n")].strip().decode("utf-8", "replace")
+
+
+async def iter_json(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON object of each data event, until `data: [DONE]` or the end; an unreadable event
+    is the upstream's failure (StreamInterrupted), anything but an object is skipped."""
+    async for event in iter_events(chunks):
+        payload = event_data(event)
+        if not payload:
+            continue
+        if payload == b"[DONE]":
+            return
+        try:
+            data = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise StreamInterrupted(f"the upstream sent an unreadable stream event ({exc})") from exc
+        if isinstance(data, dict):
+            yield data
+
+
+async def replay(events: list[bytes]) -> AsyncIterator[bytes]:
+    """Kept events as a stream again (to decode what a tap let through untouched)."""
+    for event in events:
+        yield event
