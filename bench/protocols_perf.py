@@ -56,7 +56,7 @@ def body(protocol: str, model: str, stream: bool = False) -> bytes:
     return json.dumps(payload).encode()
 
 
-def write_config(port: int, mock_port: int, key: str) -> Path:
+def write_config(port: int, mock_port: int, key: str, builtin_switch: bool = True) -> Path:
     from gateway.policy import hash_key
 
     policies = TMP / "policies"
@@ -68,7 +68,7 @@ def write_config(port: int, mock_port: int, key: str) -> Path:
         f"""# written by bench/protocols_perf.py
 server: {{host: 127.0.0.1, port: {port}}}
 policies_dir: policies
-builtin_models: false
+{"builtin_models: false" if builtin_switch else ""}
 models:
   - name: bench
     deployments:
@@ -156,6 +156,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--load-core", type=int, default=1)
+    parser.add_argument("--gateway-src", help="run the gateway from this checkout (compare commits)")
+    parser.add_argument("--only-chat", action="store_true", help="chat throughput vs the thin proxy only")
     args = parser.parse_args()
     requests, seconds = (300, 3.0) if args.quick else (3000, 8.0)
     for folder in (TMP, LOGS):
@@ -163,7 +165,8 @@ def main() -> None:
     sc, lc, py = args.server_core, args.load_core, sys.executable
     key = "sk-bench-" + os.urandom(12).hex()
     mock_port, gw_port, thin_port = free_port(), free_port(), free_port()
-    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    src = Path(args.gateway_src).resolve() if args.gateway_src else ROOT
+    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONPATH": str(src)}
     mock = Server(
         "protocols-mock",
         [py, str(ROOT / "tests" / "mock_upstream.py"), "--port", str(mock_port)],
@@ -171,7 +174,7 @@ def main() -> None:
         LOGS,
         lc,
     )
-    config = write_config(gw_port, mock_port, key)
+    config = write_config(gw_port, mock_port, key, builtin_switch=not args.gateway_src)
     gateway = Server(
         "protocols-gateway",
         [py, "-m", "gateway", "serve", "--config", str(config), "--workers", "1", "--log-level", "warning"],
@@ -180,7 +183,7 @@ def main() -> None:
         sc,
         env=env,
         ready_path="/healthz",
-        cwd=ROOT,
+        cwd=src,
     )
     thin = Server(
         "protocols-thin",
@@ -198,6 +201,20 @@ def main() -> None:
             server.start()
         for server in servers:
             server.wait_ready(60)
+        if args.only_chat:
+            chat = wrk(
+                f"http://127.0.0.1:{gw_port}/v1/chat/completions", key, body("chat", "bench"), seconds, lc
+            )
+            thin_only = wrk(
+                f"http://127.0.0.1:{thin_port}/v1/chat/completions",
+                "",
+                body("chat", "gpt-4o-mini"),
+                seconds,
+                lc,
+            )
+            ratio = chat["rps"] / thin_only["rps"]
+            print(f"chat {chat['rps']:.0f} RPS, thin {thin_only['rps']:.0f} RPS: {ratio:.2f}x")
+            return
         log("servers ready; serial JSON latency")
         json_times = serial_latencies(gw_port, key, requests, stream=False)
         log("serial streaming time to first byte")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from gateway.state.base import NANOS_PER_USD, StateBackend
@@ -16,12 +17,18 @@ def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
+@lru_cache(maxsize=4)
+def _day_of(day_number: int) -> str:
+    return _dt(day_number * 86400).strftime("%Y-%m-%d")
+
+
 def utc_day(ts: float) -> str:
-    return _dt(ts).strftime("%Y-%m-%d")
+    # Every request books to a day: formatting the date once per day, not per request.
+    return _day_of(int(ts // 86400))
 
 
 def utc_month(ts: float) -> str:
-    return _dt(ts).strftime("%Y-%m")
+    return _day_of(int(ts // 86400))[:7]
 
 
 def day_end(ts: float) -> int:
