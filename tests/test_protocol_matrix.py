@@ -230,6 +230,7 @@ def gw(upstream: MockServer, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     path = write_gateway_files(root, upstream.base, retrieval={"enabled": True})
     config = yaml.safe_load(path.read_text())
     config["pricing"] = {"gpt-mock": {"input_per_1k": 0.5, "output_per_1k": 1.5}}
+    config["telemetry"] = {"request_log": {"path": str(root / "requests.jsonl")}}
     path.write_text(yaml.safe_dump(config))
     policies = root / "policies"
     acme = yaml.safe_load((policies / "acme.yaml").read_text())
@@ -237,6 +238,7 @@ def gw(upstream: MockServer, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     acme["input_guardrails"] = {"enabled": True, "pii": {"restore_in_answer": True}}
     acme["output_guardrails"] = {"enabled": True}
     acme["cache"] = {"enabled": True, "semantic": False}
+    acme["log_content"] = False
     (policies / "acme.yaml").write_text(yaml.safe_dump(acme))
     limited = {
         "tenant": "limited",
@@ -352,6 +354,29 @@ def test_limits_and_auth_answer_in_the_protocols_own_envelope(gw: RunningGateway
     assert limited, [a.status for a in answers]
     assert limited[0].error_type == RATE_LIMITED[protocol.name]
     assert int(limited[0].headers["retry-after"]) >= 1
+
+
+@matrix
+def test_request_log_records_every_protocol_alike(gw: RunningGateway, protocol: Protocol, stream: bool) -> None:
+    gw.upstream.script("mock-1", "say:Zone B is limited to 25 km/h [1].")
+    question = unique("What is the speed limit in Zone B?", protocol, stream)
+    answer = protocol.ask(gw, question, stream)
+    assert answer.status == 200
+    request_id = answer.headers["x-request-id"]
+    log_path = gw.config_path.parent / "requests.jsonl"
+    deadline = time.monotonic() + 5
+    entry = None
+    while entry is None and time.monotonic() < deadline:
+        lines = log_path.read_text().splitlines() if log_path.exists() else []
+        entry = next((orjson.loads(line) for line in lines if request_id in line), None)
+        if entry is None:
+            time.sleep(0.05)
+    assert entry is not None, "no request-log line for the request"
+    assert entry["endpoint"] == protocol.name and entry["stream"] is stream
+    assert entry["status"] == 200 and entry["error"] is None  # a completed stream is not a 499
+    assert entry["usage"]["total_tokens"] > 0 and entry["cost_usd"] > 0
+    assert entry["retrieval"]["hits"] and entry["retrieval"]["query"] is None
+    assert "Zone B" not in orjson.dumps(entry).decode()  # log_content: false keeps the question out
 
 
 def poll(call: Callable[[], Answer], done: Callable[[Answer], bool], timeout_s: float = 5.0) -> Answer:
