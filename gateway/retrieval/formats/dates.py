@@ -30,4 +30,3 @@ def to_iso_date(value: object) -> str | None:
         return dt.date(year, month, day).isoformat()
     except ValueError:
         return None
-
