@@ -357,7 +357,9 @@ def test_limits_and_auth_answer_in_the_protocols_own_envelope(gw: RunningGateway
 
 
 @matrix
-def test_request_log_records_every_protocol_alike(gw: RunningGateway, protocol: Protocol, stream: bool) -> None:
+def test_request_log_records_every_protocol_alike(
+    gw: RunningGateway, protocol: Protocol, stream: bool
+) -> None:
     gw.upstream.script("mock-1", "say:Zone B is limited to 25 km/h [1].")
     question = unique("What is the speed limit in Zone B?", protocol, stream)
     answer = protocol.ask(gw, question, stream)
