@@ -80,6 +80,7 @@ class Gateway:
         self._model_modes = {m.name: m.mode for m in config.models}
         self._watcher: asyncio.Task[None] | None = None
         self._index_watcher: asyncio.Task[None] | None = None
+        self._warmup: asyncio.Task[None] | None = None
         self._startup_error: str | None = None  # what keeps the gateway from starting, in words
         self.responses = ResponsesClient(lambda: self.services.state)
         # The hot path, one entry per generating or embedding route (plain ASGI, see proxy.py).
@@ -175,6 +176,8 @@ class Gateway:
                 self.config.state.split("@")[-1],
             )
         self._watcher = asyncio.create_task(self.policies.watch())
+        if self.services.warmup.seeds:
+            self._warmup = asyncio.create_task(self.services.warmup.run(self._ingestor_for))
         if self.config.vector_store.url and self.services.retrieval is not None:
             # Replicas share a Chroma server: pick up ingests and rebuilds made by other processes.
             # (An embedded store is one process's: its HNSW segments do not follow another
@@ -192,8 +195,6 @@ class Gateway:
         retrieval = services.retrieval
         if retrieval is None:
             return
-        from gateway.retrieval.ingest import Ingestor, format_report
-
         for tenant, policy in self.policies.snapshot.policies.items():
             if not policy.retrieval.enabled:
                 continue
@@ -206,12 +207,16 @@ class Gateway:
                     stale,
                     tenant,
                 )
+        # Seed corpora are ingested after start-up, in the background (see retrieval.warmup).
         for tenant, folder in self.config.retrieval.seed_corpus.items():
-            ingestor = Ingestor(
-                retrieval.store.tenant(tenant), retrieval.embedder, ingest_settings(self.config)
-            )
-            report = ingestor.ingest_paths(tenant, [Path(folder)], sync=True)
-            log.info("seed corpus for %r:\n%s", tenant, format_report(report))
+            services.warmup.plan(tenant, folder, index_is_empty=len(retrieval.store.tenant(tenant)) == 0)
+
+    def _ingestor_for(self, tenant: str) -> Any:
+        from gateway.retrieval.ingest import Ingestor
+
+        retrieval = self.services.retrieval
+        assert retrieval is not None
+        return Ingestor(retrieval.store.tenant(tenant), retrieval.embedder, ingest_settings(self.config))
 
     async def _follow_indexes(self, interval_s: float = 5.0) -> None:
         retrieval = self.services.retrieval
@@ -227,7 +232,7 @@ class Gateway:
                         log.warning("could not check tenant %r's index for changes: %s", tenant, exc)
 
     async def stop(self) -> None:
-        for task in (self._watcher, self._index_watcher):
+        for task in (self._watcher, self._index_watcher, self._warmup):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -300,6 +305,11 @@ class Gateway:
                     ok, detail = False, f"{type(exc).__name__}: {exc}"
                 checks[name] = {"ok": ok, "detail": detail}
                 ready &= ok
+            seeds = self._services.warmup.seeds
+            if seeds:
+                corpus_ok = all(seed.done and seed.error is None for seed in seeds)
+                checks["seed_corpora"] = {"ok": corpus_ok, "tenants": [seed.describe() for seed in seeds]}
+                ready &= corpus_ok
             # Upstream health is reported, not required: a provider outage must not take every
             # replica out of the load balancer (fallbacks may still answer).
             checks["upstreams"] = {"ok": True, "deployments": self._services.router.health()}

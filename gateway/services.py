@@ -16,6 +16,7 @@ from gateway.cache import make_cache_store
 from gateway.cache.store import CacheStore
 from gateway.config import LOCAL_PROVIDER, GatewayConfig
 from gateway.pricing import Pricing
+from gateway.retrieval.warmup import CorpusWarmup
 from gateway.state import StateBackend, make_state
 from gateway.telemetry import Tracing
 from gateway.upstreams.base import UpstreamClient
@@ -46,6 +47,7 @@ class Services:
     retrieval: RetrievalService | None = None  # set once something needs it (ensure_retrieval)
     token_counter: TokenCounter | None = None  # the embedder's tokenizer, for chunk budgets
     readiness: dict[str, Probe] = field(default_factory=dict)  # what /readyz checks
+    warmup: CorpusWarmup = field(default_factory=CorpusWarmup)  # seed corpora being ingested
 
     async def close(self) -> None:
         for client in self.clients.values():

@@ -30,6 +30,7 @@ from gateway.retrieval.index import Hit, RetrievalResult
 from gateway.retrieval.rerank import llm_rerank
 from gateway.retrieval.service import RetrievalService
 from gateway.retrieval.tokens import TokenCounter
+from gateway.retrieval.warmup import CorpusWarmup
 from gateway.services import Services
 from gateway.upstreams.router import Router
 from middleware.input_guardrails import ChunkScreen, chunk_screen
@@ -190,8 +191,10 @@ class RetrievalStage:
         tracer: Tracer | None = None,
         router: Router | None = None,
         screen: ChunkScreen | None = None,
+        warmup: CorpusWarmup | None = None,
     ) -> None:
         self.settings = settings
+        self.warmup = warmup  # seed corpora still being built: their tenants wait
         self.service = service
         self.counter = counter
         self.tracer = tracer
@@ -267,6 +270,8 @@ class RetrievalStage:
 
     async def handle(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
         settings = self.settings
+        if self.warmup is not None:
+            self.warmup.check(ctx.tenant)
         query = search_query(ctx.request.messages, settings.rewrite_follow_ups)
         if not query:
             ctx.decide(NAME, "skipped", reason="no user text to search for")
@@ -352,4 +357,6 @@ def build(policy: Policy, services: Services) -> RetrievalStage | None:
     if service is None or counter is None:
         raise RuntimeError("retrieval is enabled in a policy but the retrieval service is not configured")
     tracer = services.tracing.tracer if services.tracing is not None else None
-    return RetrievalStage(policy.retrieval, service, counter, tracer, services.router, chunk_screen(policy))
+    return RetrievalStage(
+        policy.retrieval, service, counter, tracer, services.router, chunk_screen(policy), services.warmup
+    )

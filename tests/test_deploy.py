@@ -576,7 +576,11 @@ def test_dockerfile_cmd_serves_healthz_and_exits_zero_on_sigterm(tmp_path: Path)
     # --host 0.0.0.0 as in the image: the probe below reaches it on loopback.
 
     def check(url: str) -> None:
-        assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+        # Ready once the demo's seed corpus is ingested, in the background after start-up.
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{url}/readyz", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "/readyz never became ready"
+            time.sleep(0.2)
 
     _serve_then_sigterm(cmd, app, port, check)
 

@@ -25,18 +25,19 @@ from tests.conftest import (
 MSG = [{"role": "user", "content": "hi"}]
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60, probe: str = "/healthz") -> None:
+    """Poll `probe` until 200: /healthz once it listens, /readyz once seed corpora are ingested."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"gateway exited early: {proc.stdout.read() if proc.stdout else ''}")
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}{probe}", timeout=1).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise AssertionError("gateway did not become healthy")
+    raise AssertionError(f"gateway did not answer 200 on {probe}")
 
 
 def serve(config: Path, port: int, *extra: str) -> subprocess.Popen:
@@ -137,7 +138,7 @@ def test_no_config_serves_demo_tenant_with_env_key(tmp_path: Path) -> None:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, proc)
+        wait_ready(url, proc, timeout=120, probe="/readyz")  # the demo's sample corpus is ingested
         ok = httpx.post(
             f"{url}/v1/chat/completions",
             headers={"Authorization": "Bearer sk-my-demo"},

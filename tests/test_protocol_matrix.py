@@ -376,7 +376,7 @@ def test_request_log_records_every_protocol_alike(
     assert entry is not None, "no request-log line for the request"
     assert entry["endpoint"] == protocol.name and entry["stream"] is stream
     assert entry["status"] == 200 and entry["error"] is None  # a completed stream is not a 499
-    assert entry["usage"]["total_tokens"] > 0 and entry["cost_usd"] > 0
+    assert entry["usage"]["total_tokens"] > 0 and entry["cost_usd"] > 0, entry
     assert entry["retrieval"]["hits"] and entry["retrieval"]["query"] is None
     assert "Zone B" not in orjson.dumps(entry).decode()  # log_content: false keeps the question out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from gateway.retrieval.types import Chunk, ParsedFile
 
 log = logging.getLogger("rag_gateway.ingest")
 EMBED_BATCH_CHUNKS = 256  # chunks per write: bounds memory and makes progress visible
+EMBED_SLICE_CHUNKS = 32  # chunks per embedder call: how long a stop waits at most
 
 
 @dataclass(slots=True)
@@ -43,6 +45,8 @@ class IngestReport:
     corpus_version: int = 0
     chunks_embedded: int = 0
     seconds: float = 0.0
+    files_total: int = 0  # known once the folders are walked (progress while ingesting)
+    stopped: bool = False  # ended early by Ingestor.stopping
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -95,14 +99,21 @@ class Ingestor:
         self.index = index
         self.embedder = embedder
         self.settings = settings or IngestSettings()
+        # Set from another thread to stop after the current file (a shutdown during a seed ingest);
+        # what was embedded so far stays, a later run picks up the rest.
+        self.stopping = threading.Event()
 
-    def ingest_paths(self, tenant: str, paths: list[Path], *, sync: bool = False) -> IngestReport:
+    def ingest_paths(
+        self, tenant: str, paths: list[Path], *, sync: bool = False, report: IngestReport | None = None
+    ) -> IngestReport:
+        """`report`: filled in as files are done, for a caller that shows progress meanwhile."""
         started = time.perf_counter()
-        report = IngestReport(tenant)
+        report = report if report is not None else IngestReport(tenant)
         missing = [p for p in paths if not p.exists()]
         for p in missing:
             report.files.append(FileReport(str(p), "error", reason="no such file or folder"))
         pairs = list(walk(p for p in paths if p.exists()))
+        report.files_total = len(pairs) + len(missing)
         known = self.index.document_hashes()
         seen: set[str] = set()
         s = self.settings
@@ -124,7 +135,7 @@ class Ingestor:
         with ThreadPoolExecutor(max_workers=s.parse_threads, thread_name_prefix="parse") as pool:
             # map() keeps at most the pool's queue ahead; files are parsed while earlier ones embed.
             self._consume(pool.map(parse, pairs), known, seen, report)
-        if sync:
+        if sync and not report.stopped:  # a stopped run has not seen every file: delete nothing
             self._delete_unseen(known, seen, report)
         report.corpus_version = self.index.corpus_version()
         report.seconds = round(time.perf_counter() - started, 3)
@@ -166,6 +177,9 @@ class Ingestor:
     ) -> None:
         batch = _Batch()
         for parsed in parsed_files:
+            if self.stopping.is_set():
+                report.stopped = True
+                break
             doc_id = parsed.path
             if parsed.outcome == "unchanged":
                 seen.add(doc_id)
@@ -184,12 +198,19 @@ class Ingestor:
             if batch.chunks >= EMBED_BATCH_CHUNKS:
                 self._flush(batch, report)
                 batch = _Batch()
-        if batch.docs:
+        if batch.docs and not report.stopped:  # a stopping run drops its pending batch: no embed wait
             self._flush(batch, report)
 
     def _flush(self, batch: _Batch, report: IngestReport) -> None:
         chunks: list[Chunk] = [c for parsed, _ in batch.docs for c in parsed.chunks]
-        vectors = self.embedder.embed([c.text for c in chunks])
+        # Embedded in slices so that a stop (shutdown) waits for one slice, not the whole batch;
+        # a stopped batch writes nothing, and the next run embeds it again.
+        vectors: list[np.ndarray] = []
+        for start in range(0, len(chunks), EMBED_SLICE_CHUNKS):
+            if self.stopping.is_set():
+                report.stopped = True
+                return
+            vectors.extend(self.embedder.embed([c.text for c in chunks[start : start + EMBED_SLICE_CHUNKS]]))
         upserts = []
         offset = 0
         for parsed, outcome in batch.docs:
