@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -38,6 +38,9 @@ from gateway.services import (
 )
 from middleware import build_embedding_stages, build_stages
 from middleware.auth import authenticate, bearer_or_api_key
+
+if TYPE_CHECKING:  # the ingest pipeline is imported only when a seed corpus is ingested
+    from gateway.retrieval.ingest import Ingestor
 
 log = logging.getLogger("rag_gateway.app")
 CONFIG_ENV = "RAG_GATEWAY_CONFIG"
@@ -211,7 +214,7 @@ class Gateway:
         for tenant, folder in self.config.retrieval.seed_corpus.items():
             services.warmup.plan(tenant, folder, index_is_empty=len(retrieval.store.tenant(tenant)) == 0)
 
-    def _ingestor_for(self, tenant: str) -> Any:
+    def _ingestor_for(self, tenant: str) -> Ingestor:
         from gateway.retrieval.ingest import Ingestor
 
         retrieval = self.services.retrieval
@@ -305,11 +308,13 @@ class Gateway:
                     ok, detail = False, f"{type(exc).__name__}: {exc}"
                 checks[name] = {"ok": ok, "detail": detail}
                 ready &= ok
-            seeds = self._services.warmup.seeds
-            if seeds:
-                corpus_ok = all(seed.done and seed.error is None for seed in seeds)
-                checks["seed_corpora"] = {"ok": corpus_ok, "tenants": [seed.describe() for seed in seeds]}
-                ready &= corpus_ok
+            warmup = self._services.warmup
+            if warmup.seeds:
+                checks["seed_corpora"] = {
+                    "ok": warmup.ready,
+                    "tenants": [seed.describe() for seed in warmup.seeds],
+                }
+                ready &= warmup.ready
             # Upstream health is reported, not required: a provider outage must not take every
             # replica out of the load balancer (fallbacks may still answer).
             checks["upstreams"] = {"ok": True, "deployments": self._services.router.health()}

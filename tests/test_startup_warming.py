@@ -160,4 +160,4 @@ def test_only_a_corpus_built_from_empty_makes_its_tenant_wait() -> None:
     for seed in warmup.seeds:
         seed.done = True
     warmup.check("fresh")
-    assert warmup.finished
+    assert warmup.ready

@@ -99,8 +99,8 @@ class Ingestor:
         self.index = index
         self.embedder = embedder
         self.settings = settings or IngestSettings()
-        # Set from another thread to stop after the current file (a shutdown during a seed ingest);
-        # what was embedded so far stays, a later run picks up the rest.
+        # Set from another thread to stop after the current file or embedding slice (a shutdown
+        # during a seed ingest); what was written so far stays, a later run picks up the rest.
         self.stopping = threading.Event()
 
     def ingest_paths(
@@ -205,17 +205,18 @@ class Ingestor:
         chunks: list[Chunk] = [c for parsed, _ in batch.docs for c in parsed.chunks]
         # Embedded in slices so that a stop (shutdown) waits for one slice, not the whole batch;
         # a stopped batch writes nothing, and the next run embeds it again.
-        vectors: list[np.ndarray] = []
+        slices: list[np.ndarray] = []
         for start in range(0, len(chunks), EMBED_SLICE_CHUNKS):
             if self.stopping.is_set():
                 report.stopped = True
                 return
-            vectors.extend(self.embedder.embed([c.text for c in chunks[start : start + EMBED_SLICE_CHUNKS]]))
+            slices.append(self.embedder.embed([c.text for c in chunks[start : start + EMBED_SLICE_CHUNKS]]))
+        vectors = np.concatenate(slices)
         upserts = []
         offset = 0
         for parsed, outcome in batch.docs:
             n = len(parsed.chunks)
-            upserts.append((parsed.path, parsed.chunks, np.asarray(vectors[offset : offset + n])))
+            upserts.append((parsed.path, parsed.chunks, vectors[offset : offset + n]))
             offset += n
             report.files.append(FileReport(parsed.path, outcome, n, parsed.reason))
         self.index.apply(upserts=upserts)

@@ -11,6 +11,7 @@ sync checks it. /readyz reports each seed's progress and is ready once every one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -66,8 +67,9 @@ class CorpusWarmup:
         return list(self._seeds.values())
 
     @property
-    def finished(self) -> bool:
-        return all(seed.done for seed in self._seeds.values())
+    def ready(self) -> bool:
+        """Every seed ingested without an error (what /readyz requires)."""
+        return all(seed.done and seed.error is None for seed in self._seeds.values())
 
     def plan(self, tenant: str, folder: str, index_is_empty: bool) -> SeedProgress:
         seed = self._seeds[tenant] = SeedProgress(tenant, folder, blocking=index_is_empty)
@@ -95,15 +97,23 @@ class CorpusWarmup:
 
         for seed in self.seeds:
             ingestor = None
+            ingest: asyncio.Future[IngestReport] | None = None
             try:
                 ingestor = make_ingestor(seed.tenant)
-                await asyncio.to_thread(
-                    ingestor.ingest_paths, seed.tenant, [Path(seed.folder)], sync=True, report=seed.report
+                ingest = asyncio.ensure_future(
+                    asyncio.to_thread(
+                        ingestor.ingest_paths, seed.tenant, [Path(seed.folder)], sync=True, report=seed.report
+                    )
                 )
+                await asyncio.shield(ingest)
                 log.info("seed corpus for %r:\n%s", seed.tenant, format_report(seed.report))
             except asyncio.CancelledError:
-                if ingestor is not None:
-                    ingestor.stopping.set()  # the thread ends after its current file
+                if ingestor is not None and ingest is not None:
+                    # The thread ends after its current file or embedding slice; wait for it, so
+                    # that shutdown does not close the store under a write.
+                    ingestor.stopping.set()
+                    with contextlib.suppress(Exception):
+                        await ingest
                 raise
             except Exception as exc:  # a broken seed must not take the gateway down with it
                 seed.error = f"{type(exc).__name__}: {exc}"
