@@ -38,6 +38,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+# Longest a stream keeps the event loop between two chances for other requests to run.
+STREAM_TURN_S = 0.001
 log = logging.getLogger("rag_gateway.proxy")
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [
@@ -325,9 +327,16 @@ async def send_stream(
         chunk = await anext(chunks, None)
         headers = SSE_HEADERS + header_list(ctx, ctx.request_id, ctx.started, response.headers)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        turn_started = time.perf_counter()
         while chunk is not None:
             if chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            # An upstream that has the whole answer buffered never makes these awaits suspend:
+            # give the loop back every few milliseconds so one long stream cannot stall others.
+            now = time.perf_counter()
+            if now - turn_started > STREAM_TURN_S:
+                await asyncio.sleep(0)
+                turn_started = time.perf_counter()
             chunk = await anext(chunks, None)
         watching["answered"] = True
         exchange.ended = time.perf_counter()

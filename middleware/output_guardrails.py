@@ -23,6 +23,7 @@ from gateway.services import Services
 from middleware.input_guardrails import unavailable
 
 NAME = OUTPUT_STAGE
+FEED_SLICE_CHARS = 4096  # scanning this much takes well under a millisecond
 log = logging.getLogger("rag_gateway.guardrails")
 
 
@@ -73,9 +74,14 @@ class OutputGuardrailsStage:
                 if scanner is None:
                     scanner = scanners[event.choice] = self.guard.scanner()
                 if isinstance(event, TextDelta):
-                    text = self._record(scanner.feed(event.text), event.choice, record)
-                    if text:
-                        yield TextDelta(text, event.choice)
+                    # A huge delta is scanned a slice at a time, each released as its own event, so
+                    # the edge can give the loop back between slices (the scanner keeps a match that
+                    # spans two slices, as it does across deltas).
+                    for start in range(0, len(event.text), FEED_SLICE_CHARS):
+                        piece = event.text[start : start + FEED_SLICE_CHARS]
+                        text = self._record(scanner.feed(piece), event.choice, record)
+                        if text:
+                            yield TextDelta(text, event.choice)
                     continue
                 rest = self._record(scanner.flush(), event.choice, record)
             except Blocked:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +35,34 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def spawn_gateway(
+    config_path: Path, cwd: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """`rag-gateway serve` as a user runs it, in its own process on a free port, output discarded."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config_path), "--port", str(port)],
+        cwd=cwd,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return server, f"http://127.0.0.1:{port}"
+
+
+def wait_until_answering(server: subprocess.Popen, url: str, timeout_s: float = 60) -> None:
+    """Poll `url` until it answers 200; fail if the process exits or the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline and server.poll() is None, "the gateway did not start"
+        time.sleep(0.1)
 
 
 class PrivateRedis:

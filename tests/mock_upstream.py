@@ -5,6 +5,7 @@ Behaviour is scripted per upstream model name through POST /_control:
 Steps: ok | status:<code>[:<retry-after>] | html | hang | stream_break | stream_empty | stream_no_done
        | slow:<ms> | slowstream:<ms> | tool_call
        | say:<text> (answer with this text; streamed 4 characters a chunk)
+       | bulk:<chars>:<chunk> (stream <chars> characters of text without spaces, <chunk> a chunk)
 With an empty script every call answers "ok". GET /_requests returns what was received.
 Run standalone for benchmarks: python tests/mock_upstream.py --port 9100 [--latency-ms 50]
 """
@@ -49,6 +50,12 @@ def _completion(model: str, content: str, tool_call: bool = False) -> dict[str, 
         "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 6, "total_tokens": 16},
     }
+
+
+def _no_space_text(length: int) -> str:
+    """Prose with its spaces removed: one endless "word", a worst case for word-shaped scanners."""
+    prose = "thegatewaystreamsthislonganswerwithoutasinglespacesoeveryscannerseesonewordthatnever"
+    return (prose * (length // len(prose) + 1))[:length]
 
 
 def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -183,6 +190,9 @@ class MockUpstream:
             (m.get("content") for m in reversed(body.get("messages", [])) if m.get("role") == "user"), ""
         )
         said = step[4:] if step.startswith("say:") else None
+        if step.startswith("bulk:"):
+            total, bulk_chunk = (int(n) for n in step[5:].split(":"))
+            said = _no_space_text(total)
         if not body.get("stream"):
             return web.Response(
                 body=orjson.dumps(_completion(model, said or f"echo: {last_user}", step == "tool_call")),
@@ -207,7 +217,10 @@ class MockUpstream:
                 await response.write(_chunk(model, {}, "tool_calls"))
                 await response.write(b"data: [DONE]\n\n")
                 return response
-            words = [said[i : i + 4] for i in range(0, len(said), 4)] if said else CHUNK_WORDS
+            if step.startswith("bulk:"):
+                words = [said[i : i + bulk_chunk] for i in range(0, len(said), bulk_chunk)]
+            else:
+                words = [said[i : i + 4] for i in range(0, len(said), 4)] if said else CHUNK_WORDS
             for i, word in enumerate(words):
                 if step == "stream_break" and i == 2:
                     # Drop the connection mid-stream, as a crashed upstream would.

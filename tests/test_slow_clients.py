@@ -2,45 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import yaml
 
-from tests.conftest import free_port
+from tests.conftest import spawn_gateway, wait_until_answering
 
 
 def test_trickling_headers_are_dropped_and_a_slow_body_gets_408(tmp_path: Path) -> None:
-    port = free_port()
     config = tmp_path / "gateway.yaml"
-    config.write_text(
-        yaml.safe_dump({"server": {"port": port, "header_timeout_s": 1.0, "body_timeout_s": 1.0}})
-    )
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    config.write_text(yaml.safe_dump({"server": {"header_timeout_s": 1.0, "body_timeout_s": 1.0}}))
+    server, url = spawn_gateway(config, tmp_path)
+    port = int(url.rsplit(":", 1)[1])
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "the gateway did not start"
-            time.sleep(0.1)
+        wait_until_answering(server, f"{url}/healthz")
 
         tricklers = []
         for _ in range(50):
