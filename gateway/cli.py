@@ -134,31 +134,42 @@ def _check_tenant(tenant: str) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from gateway.retrieval.ingest import Ingestor, format_report
+    from gateway.progress import with_progress
+    from gateway.retrieval.ingest import Ingestor, IngestReport, format_report
     from gateway.services import ingest_settings
 
     _check_tenant(args.tenant)
     config = _config(args)
     retrieval = _retrieval(config)
     ingestor = Ingestor(retrieval.store.tenant(args.tenant), retrieval.embedder, ingest_settings(config))
-    report = ingestor.ingest_paths(args.tenant, [Path(p) for p in args.paths], sync=args.sync)
+    report = IngestReport(args.tenant)
+    paths = [Path(p) for p in args.paths]
+    with_progress(
+        f"ingest {args.tenant}",
+        report,
+        lambda: ingestor.ingest_paths(args.tenant, paths, sync=args.sync, report=report),
+    )
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     return 1 if report.failed else 0
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
+    from gateway.progress import with_progress
+    from gateway.retrieval.ingest import IngestReport
     from gateway.retrieval.reindex import reindex
     from gateway.services import ingest_settings
 
     _check_tenant(args.tenant)
     config = _config(args)
     retrieval = _retrieval(config)
-    result = reindex(
-        retrieval.store,
-        retrieval.embedder,
-        args.tenant,
-        [Path(p) for p in args.paths] or None,
-        ingest_settings(config),
+    report = IngestReport(args.tenant)
+    paths = [Path(p) for p in args.paths] or None
+    result = with_progress(
+        f"reindex {args.tenant}",
+        report,
+        lambda: reindex(
+            retrieval.store, retrieval.embedder, args.tenant, paths, ingest_settings(config), report=report
+        ),
     )
     print(
         f"tenant {result.tenant}: rebuilt {result.documents} documents ({result.chunks} chunks) into "

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from gateway.retrieval.embedder import Embedder
-from gateway.retrieval.index import IndexStore
-from gateway.retrieval.ingest import Ingestor, IngestReport, IngestSettings
+from gateway.retrieval.index import IndexStore, TenantIndex
+from gateway.retrieval.ingest import FileReport, Ingestor, IngestReport, IngestSettings
 
 log = logging.getLogger("rag_gateway.reindex")
 BATCH_CHUNKS = 512
@@ -33,7 +33,7 @@ class ReindexResult:
     chunks: int
     corpus_version: int
     seconds: float
-    report: IngestReport | None = None
+    report: IngestReport
 
 
 def reindex(
@@ -42,29 +42,30 @@ def reindex(
     tenant: str,
     paths: list[Path] | None = None,
     settings: IngestSettings | None = None,
+    report: IngestReport | None = None,
 ) -> ReindexResult:
+    """`report`: filled in as documents are done, for a caller that shows progress meanwhile."""
     started = time.perf_counter()
+    report = report if report is not None else IngestReport(tenant)
     live = store.tenant(tenant)
     old_name = live.collection_name
     fresh = store.begin_rebuild(tenant)
     try:
-        report = None
         if paths:
-            report = Ingestor(fresh, embedder, settings).ingest_paths(tenant, paths)
+            Ingestor(fresh, embedder, settings).ingest_paths(tenant, paths, report=report)
         else:
             documents = live.documents()
-            batch: list[tuple[str, list, np.ndarray]] = []
+            report.files_total = len(documents)
             pending: list[tuple[str, list]] = []
             size = 0
             for doc_id, chunks in documents.items():
                 pending.append((doc_id, chunks))
                 size += len(chunks)
                 if size >= BATCH_CHUNKS:
-                    batch = _embed(embedder, pending)
-                    fresh.apply(upserts=batch)
+                    _write(fresh, embedder, pending, report)
                     pending, size = [], 0
             if pending:
-                fresh.apply(upserts=_embed(embedder, pending))
+                _write(fresh, embedder, pending, report)
     except BaseException:
         store.abort_rebuild(fresh)
         raise
@@ -80,6 +81,15 @@ def reindex(
         round(time.perf_counter() - started, 3),
         report,
     )
+
+
+def _write(
+    fresh: TenantIndex, embedder: Embedder, docs: list[tuple[str, list]], report: IngestReport
+) -> None:
+    fresh.apply(upserts=_embed(embedder, docs))
+    for doc_id, chunks in docs:
+        report.files.append(FileReport(doc_id, "reembedded", len(chunks)))
+        report.chunks_embedded += len(chunks)
 
 
 def _embed(embedder: Embedder, docs: list[tuple[str, list]]) -> list[tuple[str, list, np.ndarray]]:
