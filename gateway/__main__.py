@@ -1,3 +1,5 @@
 from gateway.cli import main
 
-raise SystemExit(main())
+# Guarded: the OCR process is spawned and imports this module as __mp_main__.
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,24 @@ log = logging.getLogger("rag_gateway.services")
 Probe = Callable[[], Awaitable[tuple[bool, str]]]
 
 
+class EmbedderSlot:
+    """The process's one embedding model, loaded by whichever first needs it: retrieval, the
+    semantic cache, semantic topics, or a /v1/embeddings call to a local model. A gateway that
+    never embeds never pays its ~150 MB (the built-in `local-minilm` is always configured)."""
+
+    def __init__(self, config: GatewayConfig, embedder: Embedder | None = None) -> None:
+        self._config = config
+        self._embedder = embedder
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Embedder:
+        """The embedder, loading it on first use. Blocking: call it from a worker thread."""
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = load_embedder(self._config.retrieval.embedding_model, self._config)
+            return self._embedder
+
+
 @dataclass(slots=True)
 class Services:
     config: GatewayConfig
@@ -42,7 +61,8 @@ class Services:
     state: StateBackend  # rate limits, budgets, spend and stored responses (memory or Redis)
     pricing: Pricing
     cache_store: CacheStore
-    embedder: Embedder | None = None
+    embedders: EmbedderSlot
+    embedder: Embedder | None = None  # set once something needs it (ensure_retrieval)
     tracing: Tracing | None = None
     retrieval: RetrievalService | None = None  # set once something needs it (ensure_retrieval)
     token_counter: TokenCounter | None = None  # the embedder's tokenizer, for chunk budgets
@@ -56,15 +76,6 @@ class Services:
         await self.cache_store.close()
         if self.retrieval is not None:
             self.retrieval.close()
-
-
-def needs_local_embedder(config: GatewayConfig) -> bool:
-    return any(
-        dep.provider == LOCAL_PROVIDER
-        for m in config.models
-        if m.mode == "embedding"
-        for dep in m.deployments
-    )
 
 
 def load_embedder(model: str = "minilm", config: GatewayConfig | None = None) -> Embedder:
@@ -87,11 +98,12 @@ def build_services(
     config: GatewayConfig, embedder: Embedder | None = None, tracing: Tracing | None = None
 ) -> Services:
     """Create clients only for the providers the config uses (litellm is heavy to import)."""
-    if embedder is None and (needs_local_embedder(config) or config.retrieval.enabled is True):
+    if embedder is None and config.retrieval.enabled is True:
         embedder = load_embedder(config.retrieval.embedding_model, config)
+    embedders = EmbedderSlot(config, embedder)
     clients: dict[str, UpstreamClient] = {
         "http": HTTPClient(max_connections=config.router.max_connections),
-        "local": LocalClient(embedder),
+        "local": LocalClient(embedders),
     }
     if any(not d.fast_path and d.provider != LOCAL_PROVIDER for m in config.models for d in m.deployments):
         from gateway.upstreams.litellm_client import LiteLLMClient
@@ -107,6 +119,7 @@ def build_services(
         state=state,
         pricing=pricing,
         cache_store=make_cache_store(config.state),
+        embedders=embedders,
         embedder=embedder,
         tracing=tracing,
     )
@@ -146,7 +159,7 @@ def ensure_retrieval(services: Services) -> bool:
     if config.retrieval.enabled is False:
         return False
     if services.embedder is None:
-        services.embedder = load_embedder(config.retrieval.embedding_model, config)
+        services.embedder = services.embedders()
     from gateway.retrieval.tokens import default_counter
 
     service, probe = open_retrieval(config, services.embedder)

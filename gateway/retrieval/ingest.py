@@ -8,6 +8,7 @@ Every file gets a line in the report: added, updated, unchanged, deleted, skippe
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -28,6 +29,15 @@ from gateway.retrieval.types import Chunk, ParsedFile
 log = logging.getLogger("rag_gateway.ingest")
 EMBED_BATCH_CHUNKS = 256  # chunks per write: bounds memory and makes progress visible
 EMBED_SLICE_CHUNKS = 32  # chunks per embedder call: how long a stop waits at most
+
+
+def release_freed_memory() -> None:
+    """Hand the heap an ingest freed back to the OS (glibc keeps it per thread arena otherwise:
+    parsed documents and embedding batches left the serving process ~40 MB larger for good)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        pass
 
 
 @dataclass(slots=True)
@@ -139,6 +149,7 @@ class Ingestor:
             self._delete_unseen(known, seen, report)
         report.corpus_version = self.index.corpus_version()
         report.seconds = round(time.perf_counter() - started, 3)
+        release_freed_memory()
         return report
 
     def ingest_bytes(self, tenant: str, name: str, data: bytes, doc_id: str | None = None) -> IngestReport:
@@ -164,6 +175,7 @@ class Ingestor:
             self._delete_unseen(known, seen, report)
         report.corpus_version = self.index.corpus_version()
         report.seconds = round(time.perf_counter() - started, 3)
+        release_freed_memory()
         return report
 
     def _delete_unseen(self, known: dict[str, str], seen: set[str], report: IngestReport) -> None:

@@ -14,6 +14,7 @@ import base64
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -110,7 +111,8 @@ def _usage(messages: list[dict[str, Any]], answer: str) -> Usage:
 class LocalClient:
     """Serves the `local` provider: extractive chat, and embeddings from the gateway's own embedder."""
 
-    def __init__(self, embedder: Embedder | None = None) -> None:
+    def __init__(self, embedder: Callable[[], Embedder] | None = None) -> None:
+        # A loader, not a model: the embedding model is loaded by the first call that needs it.
         self._embedder = embedder
 
     async def close(self) -> None:
@@ -151,7 +153,8 @@ class LocalClient:
             )
         if any(not t for t in texts):
             raise bad_request("'input' may not contain empty strings", param="input")
-        vectors = await asyncio.to_thread(self._embedder.embed, texts)
+        source = self._embedder
+        vectors = await asyncio.to_thread(lambda: source().embed(texts))
         as_base64 = body.get("encoding_format") == "base64"
         data = [
             {
