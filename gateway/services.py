@@ -151,15 +151,17 @@ def ensure_retrieval(services: Services) -> bool:
 
     With `retrieval.enabled` unset this happens only when a tenant's policy needs it, so a gateway
     without retrieval never pays for the model and the store (about 220 MB of RSS). Blocking: call
-    it from a worker thread. False when gateway.yaml turns retrieval off.
+    it from a worker thread. False when gateway.yaml turns retrieval off (the embedder is still
+    loaded: the semantic cache and semantic denied topics need it, not the store).
     """
     config = services.config
     if services.retrieval is not None:
         return True
+    if services.embedder is None:
+        # Before the switch below: the semantic cache and semantic topics embed without retrieval.
+        services.embedder = services.embedders()
     if config.retrieval.enabled is False:
         return False
-    if services.embedder is None:
-        services.embedder = services.embedders()
     from gateway.retrieval.tokens import default_counter
 
     service, probe = open_retrieval(config, services.embedder)
