@@ -129,3 +129,37 @@ def test_scan_chunks_points_at_the_poisoned_chunk() -> None:
     assert findings and {f.index for f in findings} == {1}
     kept = strip_spans(chunks[1], [f for f in findings if f.index == 1])
     assert kept.startswith("Dosage depends on weight.") and "ignore" not in kept
+
+
+def test_a_long_text_is_scanned_in_windows_with_the_same_findings() -> None:
+    """Entities on every window boundary are found once, at their offsets, as in one whole scan."""
+    from gateway.guardrails import pii
+
+    entities = [
+        "jane.doe@example.com",
+        "4111 1111 1111 1111",
+        "DE89 3704 0044 0532 0130 00",
+        "AKIAIOSFODNN7EXAMPLE",
+        "221B Baker Street",
+    ]
+    filler = "The gateway keeps answering while it scans this text. "
+    parts, cursor = [], 0
+    for i in range(40):
+        # Entities straddle, start on and end on the window edges, and sit in the margins.
+        edge = (i // len(entities) + 1) * pii.WINDOW_CHARS + (i % 7 - 3) * 9
+        gap = max(1, edge - cursor)
+        parts.append((filler * (gap // len(filler) + 1))[:gap])
+        cursor += gap
+        text = f"Contact: {entities[i % len(entities)]} please. "
+        parts.append(text)
+        cursor += len(text)
+    text = "".join(parts)
+    assert len(text) > 2 * (pii.WINDOW_CHARS + pii.WINDOW_OVERLAP_CHARS)
+    every = frozenset(STRUCTURED_DETECTORS)
+    windowed = scan_structured(text, every)
+    whole: list = []
+    for detector in STRUCTURED_DETECTORS.values():
+        whole.extend(detector(text))
+    expected = [f for f in pii.resolve_overlaps(whole) if f.entity in every]
+    assert windowed == expected
+    assert len({f.entity for f in windowed}) >= 4

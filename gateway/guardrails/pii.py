@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 from gateway.guardrails.checksums import IBAN_LENGTHS, iban_valid, luhn_valid
 from gateway.guardrails.credentials import find_secrets
@@ -316,6 +317,32 @@ def scan_structured(text: str, entities: frozenset[str] | set[str]) -> list[Find
     a phone number when only PHONE is wanted; unwanted types are dropped after overlap resolution.
     """
     found: list[Finding] = []
-    for detector in STRUCTURED_DETECTORS.values():
-        found.extend(detector(text))
+    if len(text) <= WINDOW_CHARS + WINDOW_OVERLAP_CHARS:
+        for detector in STRUCTURED_DETECTORS.values():
+            found.extend(detector(text))
+    else:
+        found = _scan_windows(text)
     return [f for f in resolve_overlaps(found) if f.entity in entities]
+
+
+# A long text is scanned in windows: one regex search over a megabyte without a match holds the GIL
+# for up to 70 ms in one C call, so not even a worker thread would let the event loop run. Each
+# window owns the findings that start in its core; the overlap lets an entity that starts there
+# finish (up to WINDOW_OVERLAP_CHARS long, more than a PEM key) and the margin keeps the context
+# before it (a keyword, a word boundary).
+WINDOW_CHARS = 32_768
+WINDOW_OVERLAP_CHARS = 8_192
+WINDOW_MARGIN_CHARS = 256
+
+
+def _scan_windows(text: str) -> list[Finding]:
+    found: list[Finding] = []
+    for core in range(0, len(text), WINDOW_CHARS):
+        offset = max(0, core - WINDOW_MARGIN_CHARS)
+        window = text[offset : core + WINDOW_CHARS + WINDOW_OVERLAP_CHARS]
+        low, high = core - offset, core - offset + WINDOW_CHARS
+        for detector in STRUCTURED_DETECTORS.values():
+            for f in detector(window):
+                if low <= f.start < high:
+                    found.append(replace(f, start=f.start + offset, end=f.end + offset))
+    return found
