@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gateway.guardrails.checksums import iban_valid, luhn_valid
@@ -162,4 +164,5 @@ def test_a_long_text_is_scanned_in_windows_with_the_same_findings() -> None:
         whole.extend(detector(text))
     expected = [f for f in pii.resolve_overlaps(whole) if f.entity in every]
     assert windowed == expected
+    assert asyncio.run(pii.scan_structured_sliced(text, every)) == expected  # the on-loop, sliced scan
     assert len({f.entity for f in windowed}) >= 4

@@ -1,5 +1,5 @@
-"""No tenant can stall another: a 1.2 MB answer streamed through output guardrails leaves the event
-loop free for everyone else's small requests."""
+"""No tenant can stall another: a 1.2 MB answer, streamed or JSON, through output guardrails leaves the
+event loop free for everyone else's small requests."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ def _launch(tmp_path: Path, upstream: MockServer) -> tuple[subprocess.Popen, str
 
 
 @pytest.mark.parametrize(
-    ("stream", "upstream_chunk"), [(True, 4096), (True, 64)], ids=["stream-4k", "stream-64"]
+    ("stream", "upstream_chunk"),
+    [(True, 4096), (True, 64), (False, 0)],
+    ids=["stream-4k", "stream-64", "json"],
 )
 def test_a_huge_guarded_answer_does_not_stall_another_tenant(
     tmp_path: Path, upstream: MockServer, stream: bool, upstream_chunk: int

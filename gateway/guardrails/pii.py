@@ -7,6 +7,7 @@ what keeps precision high on ordinary text full of years, versions, doses and p-
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 from collections.abc import Callable, Iterator
@@ -316,33 +317,43 @@ def scan_structured(text: str, entities: frozenset[str] | set[str]) -> list[Find
     All detectors run (not only the wanted ones) so that, e.g., a card number is not reported as
     a phone number when only PHONE is wanted; unwanted types are dropped after overlap resolution.
     """
+    found = [f for step in _scan_steps(text) for f in step]
+    return [f for f in resolve_overlaps(found) if f.entity in entities]
+
+
+async def scan_structured_sliced(text: str, entities: frozenset[str] | set[str]) -> list[Finding]:
+    """scan_structured for a long text on the event loop, giving it back after every detector's
+    pass over a window (~1 ms each). Not a worker thread: a regex holds the GIL for its whole
+    search, and the loop would wait up to the 5 ms switch interval on every wake-up."""
     found: list[Finding] = []
-    if len(text) <= WINDOW_CHARS + WINDOW_OVERLAP_CHARS:
-        for detector in STRUCTURED_DETECTORS.values():
-            found.extend(detector(text))
-    else:
-        found = _scan_windows(text)
+    for step in _scan_steps(text):
+        found.extend(step)
+        await asyncio.sleep(0)
     return [f for f in resolve_overlaps(found) if f.entity in entities]
 
 
 # A long text is scanned in windows: one regex search over a megabyte without a match holds the GIL
-# for up to 70 ms in one C call, so not even a worker thread would let the event loop run. Each
-# window owns the findings that start in its core; the overlap lets an entity that starts there
-# finish (up to WINDOW_OVERLAP_CHARS long, more than a PEM key) and the margin keeps the context
-# before it (a keyword, a word boundary).
+# for up to 70 ms in one C call. Each window owns the findings that start in its core; the overlap
+# lets an entity that starts there finish (up to WINDOW_OVERLAP_CHARS long, more than a PEM key)
+# and the margin keeps the context before it (a keyword, a word boundary).
 WINDOW_CHARS = 32_768
 WINDOW_OVERLAP_CHARS = 8_192
 WINDOW_MARGIN_CHARS = 256
 
 
-def _scan_windows(text: str) -> list[Finding]:
-    found: list[Finding] = []
+def _scan_steps(text: str) -> Iterator[list[Finding]]:
+    """The findings of one detector over one window at a time, at offsets in `text`."""
+    if len(text) <= WINDOW_CHARS + WINDOW_OVERLAP_CHARS:
+        for detector in STRUCTURED_DETECTORS.values():
+            yield list(detector(text))
+        return
     for core in range(0, len(text), WINDOW_CHARS):
         offset = max(0, core - WINDOW_MARGIN_CHARS)
         window = text[offset : core + WINDOW_CHARS + WINDOW_OVERLAP_CHARS]
         low, high = core - offset, core - offset + WINDOW_CHARS
         for detector in STRUCTURED_DETECTORS.values():
-            for f in detector(window):
-                if low <= f.start < high:
-                    found.append(replace(f, start=f.start + offset, end=f.end + offset))
-    return found
+            yield [
+                replace(f, start=f.start + offset, end=f.end + offset)
+                for f in detector(window)
+                if low <= f.start < high
+            ]
