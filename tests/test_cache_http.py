@@ -51,14 +51,19 @@ def ask(gateway: RunningGateway, content: str, key: str = ACME_KEY, **headers: s
     )
 
 
-def wait_for_store() -> None:
-    time.sleep(0.3)  # entries are written after the response is sent
+def wait_for_store(gateway: RunningGateway, content: str) -> None:
+    """Entries are written after the response is sent: poll until the question is an exact hit
+    (a hit stores nothing and calls no upstream, so polling changes nothing the test checks)."""
+    deadline = time.monotonic() + 10
+    while ask(gateway, content).headers["x-gateway-cache"] != "hit":
+        assert time.monotonic() < deadline, f"{content!r} was never stored"
+        time.sleep(0.02)
 
 
 def test_exact_then_semantic_hit_without_upstream_calls(cached: RunningGateway) -> None:
     first = ask(cached, "What is the speed limit in Zone B?")
     assert first.headers["x-gateway-cache"] == "miss"
-    wait_for_store()
+    wait_for_store(cached, "What is the speed limit in Zone B?")
     again = ask(cached, "What is the speed limit in Zone B?")
     assert again.headers["x-gateway-cache"] == "hit"
     assert (
@@ -74,7 +79,7 @@ def test_exact_then_semantic_hit_without_upstream_calls(cached: RunningGateway) 
 
 def test_a_rejected_paraphrase_is_a_miss_and_counted_apart(cached: RunningGateway) -> None:
     ask(cached, "When is the chart preparation time for train no. 19708?")
-    wait_for_store()
+    wait_for_store(cached, "When is the chart preparation time for train no. 19708?")
     other_train = ask(cached, "When is the chart preparation time for train no. 19707?")
     # Close enough for cosine, but another train: answered by the model, not from the cache.
     assert other_train.headers["x-gateway-cache"] == "miss"
@@ -86,7 +91,7 @@ def test_a_rejected_paraphrase_is_a_miss_and_counted_apart(cached: RunningGatewa
 
 def test_streaming_request_replayed_from_a_json_fill(cached: RunningGateway) -> None:
     ask(cached, "How long is the warranty?")
-    wait_for_store()
+    wait_for_store(cached, "How long is the warranty?")
     client = openai.OpenAI(base_url=f"{cached.url}/v1", api_key=ACME_KEY, max_retries=0)
     stream = client.chat.completions.with_raw_response.create(
         model="gpt-mock", stream=True, messages=[{"role": "user", "content": "How long is the warranty?"}]
@@ -99,7 +104,7 @@ def test_streaming_request_replayed_from_a_json_fill(cached: RunningGateway) -> 
 
 def test_no_entry_is_served_to_another_tenant(cached: RunningGateway) -> None:
     ask(cached, "Where is the spare key?")
-    wait_for_store()
+    wait_for_store(cached, "Where is the spare key?")
     other = ask(cached, "Where is the spare key?", key=OTHER_KEY)
     assert other.headers["x-gateway-cache"] == "miss"
     assert len(cached.upstream.requests()) == 2
@@ -108,6 +113,8 @@ def test_no_entry_is_served_to_another_tenant(cached: RunningGateway) -> None:
 def test_errors_are_not_cached(cached: RunningGateway) -> None:
     cached.upstream.script("mock-1", "status:400")
     assert ask(cached, "Is this cached?").status_code == 400
-    wait_for_store()
+    # Nothing can be polled for here (the point is that no entry appears): give a wrong write the
+    # time the other tests' writes take.
+    time.sleep(0.3)
     retry = ask(cached, "Is this cached?")
     assert retry.status_code == 200 and retry.headers["x-gateway-cache"] == "miss"
