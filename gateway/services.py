@@ -45,6 +45,11 @@ class EmbedderSlot:
         self._embedder = embedder
         self._lock = threading.Lock()
 
+    @property
+    def loaded(self) -> Embedder | None:
+        """The embedder if something has loaded it, without loading it."""
+        return self._embedder
+
     def __call__(self) -> Embedder:
         """The embedder, loading it on first use. Blocking: call it from a worker thread."""
         with self._lock:
@@ -61,8 +66,7 @@ class Services:
     state: StateBackend  # rate limits, budgets, spend and stored responses (memory or Redis)
     pricing: Pricing
     cache_store: CacheStore
-    embedders: EmbedderSlot
-    embedder: Embedder | None = None  # set once something needs it (ensure_retrieval)
+    embedders: EmbedderSlot  # the one embedding model, loaded when something first needs it
     tracing: Tracing | None = None
     retrieval: RetrievalService | None = None  # set once something needs it (ensure_retrieval)
     token_counter: TokenCounter | None = None  # the embedder's tokenizer, for chunk budgets
@@ -120,7 +124,6 @@ def build_services(
         pricing=pricing,
         cache_store=make_cache_store(config.state),
         embedders=embedders,
-        embedder=embedder,
         tracing=tracing,
     )
 
@@ -157,14 +160,13 @@ def ensure_retrieval(services: Services) -> bool:
     config = services.config
     if services.retrieval is not None:
         return True
-    if services.embedder is None:
-        # Before the switch below: the semantic cache and semantic topics embed without retrieval.
-        services.embedder = services.embedders()
+    # Before the switch below: the semantic cache and semantic topics embed without retrieval.
+    embedder = services.embedders()
     if config.retrieval.enabled is False:
         return False
     from gateway.retrieval.tokens import default_counter
 
-    service, probe = open_retrieval(config, services.embedder)
+    service, probe = open_retrieval(config, embedder)
     services.token_counter = default_counter()
     services.readiness["vector_store"] = probe
     services.retrieval = service

@@ -283,7 +283,7 @@ def build(policy: Policy, services: Services) -> CacheStage | None:
     return CacheStage(
         settings,
         services.cache_store,
-        services.embedder,
+        services.embedders.loaded,
         fingerprint=policy_fingerprint(policy),
         corpus_version=corpus_version_reader(policy, services),
     )

@@ -156,7 +156,7 @@ def build_guard(settings: InputGuardrailsPolicy, services: Services | None) -> I
     topics = settings.denied_topics.topics
     semantic = None
     if any(t.examples for t in topics):
-        embedder = services.embedder if services is not None else None
+        embedder = services.embedders.loaded if services is not None else None
         if embedder is None:
             raise RuntimeError(
                 "input_guardrails.denied_topics has example phrases but the gateway has no embedder; "

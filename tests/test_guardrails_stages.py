@@ -9,6 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
+from gateway.config import GatewayConfig
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.guardrails.settings import InputGuardrailsPolicy, OutputGuardrailsPolicy
@@ -16,6 +17,7 @@ from gateway.policy import Policy
 from gateway.protocols import chat
 from gateway.protocols.sse import DONE_EVENT, encode_event, event_data, iter_events
 from gateway.response import GatewayResponse
+from gateway.services import EmbedderSlot
 from middleware.input_guardrails import InputGuardrailsStage, build_guard, chunk_screen
 from middleware.output_guardrails import OutputGuardrailsStage
 from middleware.output_guardrails import build_guard as build_output_guard
@@ -210,7 +212,7 @@ class BagOfWords:
 
 async def test_denied_topics_by_keyword_and_by_similarity() -> None:
     class FakeServices:
-        embedder = BagOfWords()
+        embedders = EmbedderSlot(GatewayConfig(), BagOfWords())  # type: ignore[arg-type]
         token_counter = None
 
     policy = InputGuardrailsPolicy.model_validate(
