@@ -1,5 +1,5 @@
 from gateway.cli import main
 
-# Guarded: the OCR process is spawned and imports this module as __mp_main__.
+# Guarded: importing the package's entry point (a multiprocessing child does) must not run the CLI.
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -20,11 +20,16 @@ BAR_REFRESH_S = 0.2
 LINE_EVERY_S = 5.0  # plain output: one line this often, so a CI log shows it is moving
 
 
+def chunks_line(report: IngestReport, elapsed_s: float) -> str:
+    """`340 chunks, 85.2 chunks/s`: the bar's postfix and part of the plain line."""
+    rate = report.chunks_embedded / elapsed_s if elapsed_s > 0 else 0.0
+    return f"{report.chunks_embedded} chunks, {rate:.1f} chunks/s"
+
+
 def describe(report: IngestReport, elapsed_s: float) -> str:
     """`12/40 files, 340 chunks, 85.2 chunks/s, ETA 0:20` (ETA from the files still to do)."""
     done, total = len(report.files), report.files_total
-    rate = report.chunks_embedded / elapsed_s if elapsed_s > 0 else 0.0
-    text = f"{done}/{total or '?'} files, {report.chunks_embedded} chunks, {rate:.1f} chunks/s"
+    text = f"{done}/{total or '?'} files, {chunks_line(report, elapsed_s)}"
     if 0 < done < total:
         remaining = elapsed_s / done * (total - done)
         text += f", ETA {int(remaining // 60)}:{int(remaining % 60):02d}"
@@ -70,8 +75,7 @@ class ProgressWatcher:
                     bar.total = report.files_total
                 bar.n = len(report.files)
                 elapsed = time.perf_counter() - self.started
-                rate = report.chunks_embedded / elapsed if elapsed > 0 else 0.0
-                bar.set_postfix_str(f"{report.chunks_embedded} chunks, {rate:.1f} chunks/s", refresh=False)
+                bar.set_postfix_str(chunks_line(report, elapsed), refresh=False)
                 bar.refresh()
                 if stopping:
                     return

@@ -34,7 +34,7 @@ INPUT_STAGE = "input_guardrails"
 OUTPUT_STAGE = "output_guardrails"
 MAX_DECISIONS = 50  # per request and stage; the rest are counted, not listed
 CHARS_PER_TOKEN = 4.0
-OFF_LOOP_CHARS = 64_000  # above this, structured scanning takes ~10 ms: done in slices
+SLICED_SCAN_CHARS = 64_000  # above this, structured scanning takes ~10 ms: done in slices
 
 
 def policy_violation(message: str) -> GatewayError:
@@ -55,7 +55,7 @@ class PiiScanner:
         return scan_structured(text, self.wanted)
 
     async def scan_many(self, texts: Sequence[str]) -> list[list[Finding]]:
-        if sum(map(len, texts)) > OFF_LOOP_CHARS:
+        if sum(map(len, texts)) > SLICED_SCAN_CHARS:
             # A long prompt or answer takes the regexes tens of milliseconds or more: scanned in
             # slices that give the loop back, so other requests keep moving.
             structured = [await scan_structured_sliced(t, self.wanted) for t in texts]
