@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -336,12 +337,27 @@ class RunningGateway:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
 
+def update_yaml(path: Path, **fields: Any) -> None:
+    """Set top-level fields of a YAML file (a tenant policy, gateway.yaml), keeping the rest."""
+    data = yaml.safe_load(path.read_text())
+    data.update(fields)
+    path.write_text(yaml.safe_dump(data))
+
+
+@contextmanager
+def gateway_in_thread(config_path: Path, upstream: MockServer) -> Iterator[RunningGateway]:
+    """The app built from `config_path`, served by uvicorn on a thread of this process."""
+    server = ServerThread(create_app(load_config(config_path)))
+    try:
+        yield RunningGateway(server, config_path, upstream)
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def gateway(
     tmp_path: Path, upstream: MockServer, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[RunningGateway]:
     monkeypatch.setenv("MOCK_UPSTREAM_KEY", UPSTREAM_SECRET)
-    config_path = write_gateway_files(tmp_path, upstream.base)
-    server = ServerThread(create_app(load_config(config_path)))
-    yield RunningGateway(server, config_path, upstream)
-    server.stop()
+    with gateway_in_thread(write_gateway_files(tmp_path, upstream.base), upstream) as running:
+        yield running

@@ -11,15 +11,14 @@ import openai
 import pytest
 import yaml
 
-from gateway.app import create_app
-from gateway.config import load_config
 from tests.conftest import (
     ACME_KEY,
     OTHER_KEY,
     UPSTREAM_SECRET,
     MockServer,
     RunningGateway,
-    ServerThread,
+    gateway_in_thread,
+    update_yaml,
     write_gateway_files,
 )
 
@@ -33,13 +32,11 @@ def cached(tmp_path: Path, upstream: MockServer, monkeypatch: pytest.MonkeyPatch
     config_path = write_gateway_files(tmp_path, upstream.base, retrieval={"enabled": True})
     for tenant in ("acme", "other"):
         path = tmp_path / "policies" / f"{tenant}.yaml"
-        policy = yaml.safe_load(path.read_text())
-        policy["cache"] = {"enabled": True}
-        policy["models"] = [*policy["models"], "gpt-mock"]
-        path.write_text(yaml.safe_dump(policy))
-    server = ServerThread(create_app(load_config(config_path)))
-    yield RunningGateway(server, config_path, upstream)
-    server.stop()
+        update_yaml(
+            path, cache={"enabled": True}, models=[*yaml.safe_load(path.read_text())["models"], "gpt-mock"]
+        )
+    with gateway_in_thread(config_path, upstream) as running:
+        yield running
 
 
 def ask(gateway: RunningGateway, content: str, key: str = ACME_KEY, **headers: str) -> httpx.Response:

@@ -10,14 +10,13 @@ import openai
 import pytest
 import yaml
 
-from gateway.app import create_app
-from gateway.config import load_config
 from tests.conftest import (
     ACME_KEY,
     UPSTREAM_SECRET,
     MockServer,
     RunningGateway,
-    ServerThread,
+    gateway_in_thread,
+    update_yaml,
     write_gateway_files,
 )
 
@@ -33,15 +32,14 @@ def guarded(
     monkeypatch.setenv("MOCK_UPSTREAM_KEY", UPSTREAM_SECRET)
     monkeypatch.setenv("TEST_ADMIN_KEY", ADMIN)
     config_path = write_gateway_files(tmp_path, upstream.base, retrieval={"enabled": True})
-    acme = tmp_path / "policies" / "acme.yaml"
-    policy = yaml.safe_load(acme.read_text())
-    policy["input_guardrails"] = {"enabled": True, "pii": {"restore_in_answer": True}}
-    policy["output_guardrails"] = {"enabled": True}
-    policy["retrieval"] = {"enabled": True, "min_confidence": 0.0}
-    acme.write_text(yaml.safe_dump(policy))
-    server = ServerThread(create_app(load_config(config_path)))
-    yield RunningGateway(server, config_path, upstream)
-    server.stop()
+    update_yaml(
+        tmp_path / "policies" / "acme.yaml",
+        input_guardrails={"enabled": True, "pii": {"restore_in_answer": True}},
+        output_guardrails={"enabled": True},
+        retrieval={"enabled": True, "min_confidence": 0.0},
+    )
+    with gateway_in_thread(config_path, upstream) as running:
+        yield running
 
 
 def ask(gateway: RunningGateway, content: str, **extra: object) -> httpx.Response:

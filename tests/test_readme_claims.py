@@ -9,16 +9,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from gateway.app import create_app
-from gateway.config import load_config
 from tests.conftest import (
     ACME_KEY,
     UPSTREAM_SECRET,
     MockServer,
     RunningGateway,
-    ServerThread,
+    gateway_in_thread,
+    update_yaml,
     write_gateway_files,
 )
 
@@ -37,17 +35,14 @@ def limited(
     """acme with a rate limit and the cache on, no budget; retrieval off for the whole gateway."""
     monkeypatch.setenv("MOCK_UPSTREAM_KEY", UPSTREAM_SECRET)
     config_path = write_gateway_files(tmp_path, upstream.base)
-    config = yaml.safe_load(config_path.read_text())
-    config["pricing"] = {"gpt-mock": {"input_per_1k": 0.5, "output_per_1k": 1.5}}
-    config_path.write_text(yaml.safe_dump(config))
-    acme = tmp_path / "policies" / "acme.yaml"
-    policy = yaml.safe_load(acme.read_text())
-    policy["rate_limit"] = {"enabled": True, "rpm": 600, "tpm": 200_000}
-    policy["cache"] = {"enabled": True}
-    acme.write_text(yaml.safe_dump(policy))
-    server = ServerThread(create_app(load_config(config_path)))
-    yield RunningGateway(server, config_path, upstream)
-    server.stop()
+    update_yaml(config_path, pricing={"gpt-mock": {"input_per_1k": 0.5, "output_per_1k": 1.5}})
+    update_yaml(
+        tmp_path / "policies" / "acme.yaml",
+        rate_limit={"enabled": True, "rpm": 600, "tpm": 200_000},
+        cache={"enabled": True},
+    )
+    with gateway_in_thread(config_path, upstream) as running:
+        yield running
 
 
 def ask(gateway: RunningGateway, content: str) -> httpx.Response:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from tests.conftest import (
     ACME_KEY,
@@ -20,6 +19,7 @@ from tests.conftest import (
     UPSTREAM_SECRET,
     MockServer,
     spawn_gateway,
+    update_yaml,
     wait_until_answering,
     write_gateway_files,
 )
@@ -29,10 +29,7 @@ ANSWER_CHARS = 1_200_000
 
 def _launch(tmp_path: Path, upstream: MockServer) -> tuple[subprocess.Popen, str]:
     config_path = write_gateway_files(tmp_path, upstream.base)
-    acme = tmp_path / "policies" / "acme.yaml"
-    policy = yaml.safe_load(acme.read_text())
-    policy["output_guardrails"] = {"enabled": True}
-    acme.write_text(yaml.safe_dump(policy))
+    update_yaml(tmp_path / "policies" / "acme.yaml", output_guardrails={"enabled": True})
     server, url = spawn_gateway(config_path, tmp_path, {"MOCK_UPSTREAM_KEY": UPSTREAM_SECRET})
     wait_until_answering(server, f"{url}/readyz")
     return server, url
