@@ -14,8 +14,10 @@ import argparse
 import asyncio
 import os
 import statistics
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from gateway.chain import compose
@@ -25,6 +27,8 @@ from gateway.policy import Policy
 from gateway.pricing import Pricing
 from gateway.response import GatewayResponse
 from gateway.state import make_state
+from gateway.state.journal import SettleJournal
+from gateway.state.leases import LeaseKeeper
 from gateway.state.settings import BudgetPolicy, RateLimitPolicy
 from middleware.admission import AdmissionStage
 
@@ -89,7 +93,9 @@ async def main() -> None:
     tenant = "bench" + uuid.uuid4().hex[:8]
     limits = RateLimitPolicy(enabled=True, rpm=10**9, tpm=10**12, per_key_rpm=10**9, per_key_tpm=10**12)
     budget = BudgetPolicy(enabled=True, daily_usd=10**6, monthly_usd=10**6, per_key_daily_usd=10**6)
-    chain = compose([AdmissionStage(limits, budget, state, pricing)], upstream)
+    journal = SettleJournal(state, Path(tempfile.mkdtemp(prefix="rg-bench-journal-")))
+    stage = AdmissionStage(limits, budget, state, pricing, LeaseKeeper(state, 30), journal)
+    chain = compose([stage], upstream)
     for handler in (chain, upstream):  # warm-up: connections, script load, caches
         await timed(handler, tenant, 200, args.concurrency)
     bare = await timed(upstream, tenant, args.requests, args.concurrency)

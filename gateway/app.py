@@ -84,6 +84,7 @@ class Gateway:
         self._watcher: asyncio.Task[None] | None = None
         self._index_watcher: asyncio.Task[None] | None = None
         self._warmup: asyncio.Task[None] | None = None
+        self._ledger_tasks: list[asyncio.Task[None]] = []  # lease renewal and the settle journal
         self._startup_error: str | None = None  # what keeps the gateway from starting, in words
         self.responses = ResponsesClient(lambda: self.services.state)
         # The hot path, one entry per generating or embedding route (plain ASGI, see proxy.py).
@@ -179,6 +180,10 @@ class Gateway:
                 self.config.state.split("@")[-1],
             )
         self._watcher = asyncio.create_task(self.policies.watch())
+        self._ledger_tasks = [
+            asyncio.create_task(self.services.leases.run()),
+            asyncio.create_task(self.services.journal.run()),
+        ]
         if self.services.warmup.seeds:
             self._warmup = asyncio.create_task(self.services.warmup.run(self._ingestor_for))
         if self.config.vector_store.url and self.services.retrieval is not None:
@@ -235,7 +240,7 @@ class Gateway:
                         log.warning("could not check tenant %r's index for changes: %s", tenant, exc)
 
     async def stop(self) -> None:
-        for task in (self._watcher, self._index_watcher, self._warmup):
+        for task in (self._watcher, self._index_watcher, self._warmup, *self._ledger_tasks):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -162,6 +162,22 @@ class VectorStoreConfig(_Strict):
     )
 
 
+class LedgerConfig(_Strict):
+    """How budget reservations and settlements survive a dead replica or an unreachable state store."""
+
+    lease_s: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="A reservation whose replica stops renewing it is released this long after",
+    )
+    journal_dir: str = Field(
+        default=".data/journal",
+        description="Settlements the state store did not take wait here (one file per process) and are "
+        "replayed, also by the next process to start, until it does",
+    )
+
+
 class RetrievalConfig(_Strict):
     enabled: bool | None = Field(
         default=None,
@@ -215,6 +231,7 @@ class GatewayConfig(_Strict):
     policies_dir: str | None = None
     router: RouterConfig = Field(default_factory=RouterConfig)
     state: str = Field(default="memory", description="'memory' or redis://host:port/db")
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     vector_store: VectorStoreConfig = Field(default_factory=VectorStoreConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     pricing: dict[str, PriceOverride] = Field(

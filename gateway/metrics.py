@@ -111,7 +111,7 @@ class Metrics:
         self.state_errors = Counter(
             "rag_gateway_state_unavailable",
             "Requests whose limits, budgets or spend could not reach the state store, by what was done "
-            "(fail_open, fail_closed, settle_lost)",
+            "(fail_open, fail_closed, settle_journalled: booked later from the journal)",
             ["action"],
             registry=r,
         )
@@ -187,7 +187,7 @@ class Metrics:
                 if action == "reject":
                     kind = "budget" if "budget" in (decision.detail or {}) else "rate_limit"
                     child(self.rejections, tenant, kind).inc()
-                elif action in ("fail_open", "fail_closed", "settle_lost"):
+                elif action in ("fail_open", "fail_closed", "settle_journalled"):
                     child(self.state_errors, action).inc()
                 elif action == "unpriced":
                     child(self.unpriced, str((decision.detail or {}).get("model", ""))).inc()

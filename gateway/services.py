@@ -19,6 +19,8 @@ from gateway.config import LOCAL_PROVIDER, GatewayConfig
 from gateway.pricing import Pricing
 from gateway.retrieval.warmup import CorpusWarmup
 from gateway.state import StateBackend, make_state
+from gateway.state.journal import SettleJournal
+from gateway.state.leases import LeaseKeeper
 from gateway.telemetry import Tracing
 from gateway.upstreams.base import UpstreamClient
 from gateway.upstreams.http import HTTPClient
@@ -67,6 +69,8 @@ class Services:
     pricing: Pricing
     cache_store: CacheStore
     embedders: EmbedderSlot  # the one embedding model, loaded when something first needs it
+    leases: LeaseKeeper  # renews this process's open budget reservations
+    journal: SettleJournal  # settlements the state store could not take yet
     tracing: Tracing | None = None
     retrieval: RetrievalService | None = None  # set once something needs it (ensure_retrieval)
     token_counter: TokenCounter | None = None  # the embedder's tokenizer, for chunk budgets
@@ -76,6 +80,7 @@ class Services:
     async def close(self) -> None:
         for client in self.clients.values():
             await client.close()
+        await self.journal.close()
         await self.state.close()
         await self.cache_store.close()
         if self.retrieval is not None:
@@ -115,7 +120,7 @@ def build_services(
         clients["litellm"] = LiteLLMClient()
     pricing = Pricing(config, config.pricing)
     pricing.warm()  # prices and tokenizers resolved now, not on a client's request
-    state = make_state(config.state)
+    state = make_state(config.state, config.ledger.lease_s)
     services = Services(
         config=config,
         router=Router(config, clients, tracing=tracing),
@@ -124,6 +129,8 @@ def build_services(
         pricing=pricing,
         cache_store=make_cache_store(config.state),
         embedders=embedders,
+        leases=LeaseKeeper(state, config.ledger.lease_s),
+        journal=SettleJournal(state, config.resolve(config.ledger.journal_dir)),
         tracing=tracing,
     )
 

@@ -8,10 +8,14 @@ rate limit gets OpenAI's 429 (type "requests" or "tokens", code rate_limit_excee
 Retry-After; over a budget the policy rejects (429 insufficient_quota, saying the budget, the
 spend and the reset) or downgrades to a cheaper model.
 
-After the call the settle replaces the estimates with what was used. Accounting is always on:
-every answer from a priced model is priced and booked per tenant, key, model and day, with or
-without a budget, and `x-gateway-cost-usd` says what it cost (for a stream, whose headers leave
-before its usage is known, the worst-case estimate, with `x-gateway-cost-basis: estimate`).
+After the call the settle replaces the estimates with what was used. While the request runs its
+reservation's lease is renewed (gateway.state.leases); a settle the state store cannot take is
+journalled and retried until it does (gateway.state.journal), and a request served while the store
+was down (fail_open) is booked the same way, so the ledger ends up with every cost served.
+Accounting is always on: every answer from a priced model is priced and booked per tenant, key,
+model and day, with or without a budget, and `x-gateway-cost-usd` says what it cost (for a stream,
+whose headers leave before its usage is known, the worst-case estimate, with
+`x-gateway-cost-basis: estimate`).
 
 Usage comes from the answer: a JSON body carries it, a stream's upstream is always asked for it
 (the chat usage chunk is removed again for a client that did not ask), and without it the prompt
@@ -45,6 +49,7 @@ from gateway.state.base import (
     RateCheck,
     RateKind,
     RateState,
+    Settlement,
     SpendRecord,
     StateBackend,
     StateUnavailable,
@@ -52,6 +57,8 @@ from gateway.state.base import (
     Verdict,
     nanos,
 )
+from gateway.state.journal import SettleJournal
+from gateway.state.leases import LeaseKeeper
 from gateway.state.settings import BudgetPolicy, RateLimitPolicy
 from gateway.state.spend import (
     LEDGER_GRACE_S,
@@ -166,12 +173,16 @@ class AdmissionStage:
         budget: BudgetPolicy,
         state: StateBackend,
         pricing: Pricing,
+        leases: LeaseKeeper,
+        journal: SettleJournal,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.rate = rate if rate.enabled else None
         self.budget = budget if budget.enabled else None
         self.state = state
         self.pricing = pricing
+        self.leases = leases
+        self.journal = journal
         self.clock = clock
         self.counts_tokens = self.budget is not None or (self.rate is not None and self.rate.limits_tokens())
         self.fail_closed_rate = self.rate is not None and self.rate.on_state_error == "fail_closed"
@@ -263,6 +274,9 @@ class AdmissionStage:
         if verdict is not None and not verdict.allowed and isinstance(verdict.denied, BudgetState):
             verdict = await self._downgrade(ctx, admitted, verdict)
         if verdict is None:
+            # Served without the store (fail_open): nothing is reserved, and the settle books the
+            # whole cost to the budgets, through the journal until the store is back.
+            admitted.ticket = Ticket.unreserved(tuple(budgets))
             return
         self._report_rates(ctx, verdict)
         denied = verdict.denied
@@ -279,6 +293,8 @@ class AdmissionStage:
             )  # fmt: skip
             raise insufficient_quota(denied, self.clock())
         admitted.ticket = verdict.ticket
+        if verdict.ticket is not None:
+            self.leases.hold(verdict.ticket)
         admitted.reserved_nanos = max((b.check.amount_nanos for b in verdict.budgets), default=0)
         self._alerts(ctx, verdict)
         detail: dict[str, Any] = {s.check.key.partition(":rl:")[2]: s.remaining for s in verdict.rates}
@@ -472,16 +488,17 @@ class AdmissionStage:
             if cost is not None
             else None
         )
-        tokens = None if usage is None else usage.total_tokens
-        try:
-            await self.state.settle(ticket or Ticket.empty(), tokens, 0 if cost is None else cost, record)
-        except StateUnavailable as exc:
-            ctx.decide(NAME, "settle_lost", error=str(exc))
-            log.warning(
-                "request %s: usage could not be settled (%s); its reservation stays counted",
-                ctx.request_id,
-                exc,
-            )
+        if ticket is not None:
+            self.leases.release(ticket)
+        settlement = Settlement(
+            ctx.tenant,
+            ticket or Ticket.unreserved(),
+            None if usage is None else usage.total_tokens,
+            0 if cost is None else cost,
+            record,
+        )
+        if not await self.journal.settle(settlement):
+            ctx.decide(NAME, "settle_journalled", pending=len(self.journal.pending))
         self._decide_settled(ctx, model, usage, cost)
 
     def _decide_settled(self, ctx: RequestContext, model: str, usage: Usage | None, cost: int | None) -> None:
@@ -495,4 +512,6 @@ class AdmissionStage:
 
 def build(policy: Policy, services: Services) -> AdmissionStage:
     """Always built: accounting runs for every tenant, limits and budgets where the policy has them."""
-    return AdmissionStage(policy.rate_limit, policy.budget, services.state, services.pricing)
+    return AdmissionStage(
+        policy.rate_limit, policy.budget, services.state, services.pricing, services.leases, services.journal
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -67,10 +68,14 @@ def wait_until_answering(server: subprocess.Popen, url: str, timeout_s: float = 
 
 
 class PrivateRedis:
-    """A redis-server of a test's own, on a free port, that the test may stop and restart."""
+    """A redis-server of a test's own, on a free port, that the test may stop, freeze and restart.
 
-    def __init__(self) -> None:
+    With `data_dir` it keeps its data across restarts (append-only file, fsync'd on every write),
+    as a production Redis holding budgets must."""
+
+    def __init__(self, data_dir: Path | None = None) -> None:
         self.port = free_port()
+        self.data_dir = data_dir
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -78,10 +83,13 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port)]
-        self.proc = subprocess.Popen(
-            [*args, "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
+        if self.data_dir is None:
+            args += ["--appendonly", "no"]
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            args += ["--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync", "always"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -93,9 +101,18 @@ class PrivateRedis:
 
     def stop(self) -> None:
         if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)  # a frozen server cannot act on SIGTERM
             self.proc.terminate()
             self.proc.wait(10)
             self.proc = None
+
+    def freeze(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
 
 @pytest.fixture

@@ -9,8 +9,10 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,6 +29,8 @@ from gateway.protocols.model import Choice, Completion
 from gateway.protocols.sse import DONE_EVENT, encode_event, event_data, iter_events
 from gateway.response import GatewayResponse
 from gateway.state import StateBackend, make_state, spend_report
+from gateway.state.journal import SettleJournal
+from gateway.state.leases import LeaseKeeper
 from gateway.state.memory import MemoryState
 from gateway.state.settings import BudgetPolicy, ModelRateLimit, RateLimitPolicy
 from middleware.admission import AdmissionStage, format_duration
@@ -61,10 +65,16 @@ def pricing() -> Pricing:
 
 
 def stage(
-    rate: RateLimitPolicy | None = None, budget: BudgetPolicy | None = None, state: StateBackend | None = None
+    rate: RateLimitPolicy | None = None,
+    budget: BudgetPolicy | None = None,
+    state: StateBackend | None = None,
+    journal_dir: Path | None = None,
 ) -> AdmissionStage:
+    state = state or MemoryState()
+    # The journal creates its directory only when a settle fails: tests that make one fail pass theirs.
+    journal = SettleJournal(state, journal_dir or Path(tempfile.gettempdir()) / "rag-gateway-test-journal")
     return AdmissionStage(
-        rate or RateLimitPolicy(), budget or BudgetPolicy(), state or MemoryState(), pricing()
+        rate or RateLimitPolicy(), budget or BudgetPolicy(), state, pricing(), LeaseKeeper(state, 30), journal
     )
 
 

@@ -1,4 +1,5 @@
-"""The state backends: sliding windows, all-or-nothing admission, reserve-then-settle, reports.
+"""The state backends: sliding windows, all-or-nothing admission, reserve-then-settle, reports,
+leases that release a dead process's reservations, and settles applied at most once.
 
 Every test runs against the memory backend and against the real Redis on 127.0.0.1:6379 (db 15,
 with a fresh tenant name per test), which is skipped when that Redis is not running.
@@ -8,13 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date
 
 import pytest
 
-from gateway.state import BudgetCheck, RateCheck, SpendRecord, StateBackend, make_state, spend_report
+from gateway.state import (
+    BudgetCheck,
+    RateCheck,
+    Settlement,
+    SpendRecord,
+    StateBackend,
+    Ticket,
+    make_state,
+    spend_report,
+)
 from gateway.state.memory import MemoryState
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -30,12 +41,32 @@ async def _redis_up() -> bool:
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def state(request: pytest.FixtureRequest) -> AsyncIterator[StateBackend]:
+async def backend_url(request: pytest.FixtureRequest) -> str:
     if request.param == "redis" and not await _redis_up():
         pytest.skip("no Redis on 127.0.0.1:6379")
-    backend = make_state("memory" if request.param == "memory" else REDIS_URL)
+    return "memory" if request.param == "memory" else REDIS_URL
+
+
+@pytest.fixture
+async def state(backend_url: str) -> AsyncIterator[StateBackend]:
+    backend = make_state(backend_url)
     yield backend
     await backend.close()
+
+
+@pytest.fixture
+async def short_lease(backend_url: str) -> AsyncIterator[StateBackend]:
+    """A backend whose reservations lapse 0.3 s after their last renewal."""
+    backend = make_state(backend_url, lease_s=0.3)
+    yield backend
+    await backend.close()
+
+
+async def until(probe: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await probe():
+        assert time.monotonic() < deadline, "the condition did not hold in time"
+        await asyncio.sleep(0.02)
 
 
 def tenant() -> str:
@@ -79,7 +110,7 @@ async def test_token_correction_replaces_the_estimate(state: StateBackend) -> No
     tpm = RateCheck(f"{tenant()}:tpm", limit=100, cost=30, window_s=0.5, kind="tokens")
     verdict = await state.admit([tpm], [])
     assert verdict.ticket is not None
-    await state.settle(verdict.ticket, tokens=80, cost_nanos=None)  # 30 estimated, 80 used
+    await state.settle(Settlement("t", verdict.ticket, tokens=80))  # 30 estimated, 80 used
     probe = await state.admit([RateCheck(tpm.key, 100, 30, 0.5, "tokens")], [])
     assert not probe.allowed and probe.rates[0].used == 80
     await asyncio.sleep(0.55)  # the correction leaves the window with its request
@@ -107,7 +138,7 @@ async def test_reserve_then_settle_with_1000_concurrent_requests(state: StateBac
         cost = random.randint(0, reserve)
         costs.append(cost)
         record = SpendRecord(t.strip("{}"), day, f"model-{i % 3}", f"key-{i % 2}", FAR)
-        await state.settle(verdict.ticket, tokens=None, cost_nanos=cost, record=record)
+        await state.settle(Settlement(t.strip("{}"), verdict.ticket, cost_nanos=cost, record=record))
 
     await asyncio.gather(*(one(i) for i in range(1000)))
     assert await state.ledger(f"{t}:usd:day") == sum(costs)
@@ -153,3 +184,74 @@ async def test_records_expire() -> None:
     assert await memory.get_record("k") == b"v"
     now[0] += 2_000_000
     assert await memory.get_record("k") is None
+
+
+async def test_a_dead_processs_reservation_lapses_with_its_lease(short_lease: StateBackend) -> None:
+    t = tenant()
+    budget = BudgetCheck(f"{t}:usd", limit_nanos=100, amount_nanos=60, expires_at=FAR)
+    started = time.monotonic()
+    assert (await short_lease.admit([], [budget])).allowed  # ...and its process never settles
+    assert not (await short_lease.admit([], [budget])).allowed
+
+    async def released() -> bool:
+        return await short_lease.ledger(budget.key) == 0
+
+    await until(released)
+    assert time.monotonic() - started >= 0.25  # not before the lease ran out
+    assert (await short_lease.admit([], [budget])).allowed
+
+
+async def test_renewed_reservations_stay_until_settled(short_lease: StateBackend) -> None:
+    t = tenant()
+    budget = BudgetCheck(f"{t}:usd", limit_nanos=1000, amount_nanos=60, expires_at=FAR)
+    other = BudgetCheck(f"{t}:usd:k:a", limit_nanos=1000, amount_nanos=60, expires_at=FAR)
+    verdict = await short_lease.admit([], [budget, other])
+    assert verdict.ticket is not None
+    for _ in range(8):  # 0.8 s, well past the 0.3 s lease, renewed every 0.1 s
+        await asyncio.sleep(0.1)
+        await short_lease.renew([verdict.ticket])
+    assert await short_lease.ledger(budget.key) == 60 and await short_lease.ledger(other.key) == 60
+    assert await short_lease.settle(Settlement(t, verdict.ticket, cost_nanos=25))
+    assert await short_lease.ledger(budget.key) == 25 and await short_lease.ledger(other.key) == 25
+
+
+async def test_a_settle_after_its_lease_lapsed_books_the_whole_cost(short_lease: StateBackend) -> None:
+    t = tenant()
+    budget = BudgetCheck(f"{t}:usd", limit_nanos=1000, amount_nanos=60, expires_at=FAR)
+    verdict = await short_lease.admit([], [budget])
+    assert verdict.ticket is not None
+
+    async def released() -> bool:
+        return await short_lease.ledger(budget.key) == 0
+
+    await until(released)
+    assert await short_lease.settle(Settlement(t, verdict.ticket, cost_nanos=40))
+    assert await short_lease.ledger(budget.key) == 40
+
+
+async def test_a_settle_sent_twice_is_applied_once(state: StateBackend) -> None:
+    t = tenant()
+    name = t.strip("{}")
+    budget = BudgetCheck(f"{t}:usd", limit_nanos=1000, amount_nanos=60, expires_at=FAR)
+    tpm = RateCheck(f"{t}:tpm", limit=1000, cost=30, kind="tokens")
+    verdict = await state.admit([tpm], [budget])
+    assert verdict.ticket is not None
+    record = SpendRecord(name, "2026-12-01", "m", "k", FAR)
+    settlement = Settlement(name, verdict.ticket, tokens=50, cost_nanos=40, record=record)
+    assert await state.settle(settlement) is True
+    assert await state.settle(settlement) is False  # a retry of one that was applied: nothing changes
+    assert await state.ledger(budget.key) == 40
+    probe = await state.admit([RateCheck(tpm.key, 1000, 1, kind="tokens")], [])
+    assert probe.rates[0].used == 50 + 1  # the correction applied once, plus this probe
+    report = await spend_report(state, name, days=1, today=date(2026, 12, 1))
+    assert report["requests"] == 1 and round(report["cost_usd"] * 1e9) == 40
+
+
+async def test_an_unreserved_settle_books_its_cost_once(state: StateBackend) -> None:
+    t = tenant()
+    budget = BudgetCheck(f"{t}:usd", limit_nanos=1000, amount_nanos=60, expires_at=FAR)
+    served_while_down = Settlement(t.strip("{}"), Ticket.unreserved((budget,)), cost_nanos=35)
+    assert await state.settle(served_while_down)
+    assert not await state.settle(served_while_down)
+    assert await state.ledger(budget.key) == 35
+    assert (await state.admit([], [budget])).budgets[0].spent_nanos == 95

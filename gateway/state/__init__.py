@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from gateway.state.base import (
+    DEFAULT_LEASE_S,
     NANOS_PER_USD,
     BudgetCheck,
     BudgetState,
     RateCheck,
     RateState,
+    Settlement,
     SpendRecord,
     StateBackend,
     StateUnavailable,
@@ -22,6 +24,7 @@ __all__ = [
     "BudgetState",
     "RateCheck",
     "RateState",
+    "Settlement",
     "SpendRecord",
     "StateBackend",
     "StateUnavailable",
@@ -32,14 +35,14 @@ __all__ = [
 ]
 
 
-def make_state(url: str) -> StateBackend:
+def make_state(url: str, lease_s: float = DEFAULT_LEASE_S) -> StateBackend:
     """The backend named by gateway.yaml's `state:` ("memory" or a redis:// / rediss:// / unix:// URL)."""
     if url == "memory":
         from gateway.state.memory import MemoryState
 
-        return MemoryState()
+        return MemoryState(lease_s=lease_s)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from gateway.state.redis_backend import RedisState
 
-        return RedisState(url)
+        return RedisState(url, lease_s=lease_s)
     raise ValueError(f"state: expected 'memory' or a redis://host:port/db URL, got {url!r}")

@@ -5,6 +5,14 @@ limits and budget reservations together): either all of them pass and all are ap
 applied. After the upstream call, one `settle` call replaces the estimates with what was used.
 Both backends (memory, redis) implement exactly these semantics.
 
+The ledger heals itself. A budget reservation holds a lease (`lease_s`, 30 s by default) that the
+process serving the request renews while it runs (`renew`); a reservation whose process died is
+released by the first admit or ledger read after its lease ran out. A settle is idempotent by its
+ticket id for `SETTLED_KEEP_S`: sending it again (a retry after a timeout that Redis did apply, a
+journal replayed at start-up) changes nothing. A settle for a reservation that no longer exists
+(its lease ran out, or nothing was reserved because the store was down at admission) books the
+whole cost.
+
 Rate limits are sliding-window logs: every admitted request is an entry (time, cost) and a
 request passes when the costs inside the last `window` plus its own stay within the limit. Unlike
 a token bucket or fixed windows, no window of that length ever admits more than the limit.
@@ -13,10 +21,13 @@ Money is counted in integer nano-dollars so concurrent increments add up exactly
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 NANOS_PER_USD = 1_000_000_000
+DEFAULT_LEASE_S = 30.0
+SETTLED_KEEP_S = 86_400  # how long a settle id is remembered, so that a late retry is not counted twice
 RateKind = Literal["requests", "tokens"]
 
 
@@ -77,9 +88,32 @@ class Ticket:
     budgets: tuple[BudgetCheck, ...]
 
     @classmethod
-    def empty(cls) -> Ticket:
-        """For booking spend of a request nothing was admitted for (no limits, no budget)."""
-        return cls("", 0, (), ())
+    def unreserved(cls, budgets: tuple[BudgetCheck, ...] = ()) -> Ticket:
+        """For booking a request nothing was reserved for: no limits apply, or the store was down at
+        admission (fail_open). Its settle books the whole cost to `budgets`."""
+        return cls(new_ticket_id(), 0, (), budgets)
+
+
+def new_ticket_id() -> str:
+    return uuid.uuid4().hex[:20]
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """One request's booking, applied at most once by `settle` however often it is sent."""
+
+    tenant: str  # whose settle ids remember it
+    ticket: Ticket
+    tokens: int | None = None  # what was used, replacing the token estimates; None keeps them
+    cost_nanos: int = 0  # what it cost, replacing the budget reservations (0: nothing was generated)
+    record: SpendRecord | None = None  # the settled-spend report line (None: no known price)
+
+    def is_noop(self) -> bool:
+        ticket = self.ticket
+        corrects = self.tokens is not None and any(
+            c.kind == "tokens" and c.cost != self.tokens for c in ticket.rates
+        )
+        return not corrects and not ticket.budgets and self.record is None
 
 
 @dataclass(slots=True)
@@ -110,16 +144,13 @@ class StateBackend(Protocol):
         """Check every limit and reserve every budget in one atomic step (all or nothing)."""
         ...
 
-    async def settle(
-        self,
-        ticket: Ticket,
-        tokens: int | None,
-        cost_nanos: int | None,
-        record: SpendRecord | None = None,
-    ) -> None:
-        """Replace the estimates: token checks by `tokens`, budget reservations by `cost_nanos`.
+    async def settle(self, settlement: Settlement) -> bool:
+        """Replace the estimates: token checks by `tokens`, budget reservations by `cost_nanos`, and
+        book the report line. False when this settlement was applied before (nothing changed)."""
+        ...
 
-        None keeps the estimate as it is (for tokens) or releases nothing (for cost)."""
+    async def renew(self, tickets: list[Ticket]) -> None:
+        """Extend the lease of these tickets' open reservations (the requests are still running)."""
         ...
 
     async def spend_days(self, tenant: str, days: list[str]) -> dict[str, dict[str, int]]:
@@ -127,7 +158,8 @@ class StateBackend(Protocol):
         ...
 
     async def ledger(self, key: str) -> int:
-        """A budget ledger's current value in nano-dollars."""
+        """A budget ledger's current value in nano-dollars (settled spend plus open reservations),
+        after releasing the reservations whose lease has run out."""
         ...
 
     async def put_record(self, key: str, value: bytes, ttl_s: int) -> None:

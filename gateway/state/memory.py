@@ -7,19 +7,21 @@ Redis scripts. Nothing is shared between processes: run several workers or repli
 from __future__ import annotations
 
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.state.base import (
+    DEFAULT_LEASE_S,
+    SETTLED_KEEP_S,
     BudgetCheck,
     BudgetState,
     RateCheck,
     RateState,
-    SpendRecord,
+    Settlement,
     Ticket,
     Verdict,
+    new_ticket_id,
 )
 
 
@@ -54,10 +56,15 @@ class _Window:
 class MemoryState:
     name = "memory"
 
-    def __init__(self, clock_us: Callable[[], int] = _now_us) -> None:
+    def __init__(self, clock_us: Callable[[], int] = _now_us, lease_s: float = DEFAULT_LEASE_S) -> None:
         self._clock = clock_us
+        self._lease_us = int(lease_s * 1_000_000)
         self._windows: dict[str, _Window] = {}
         self._ledgers: dict[str, int] = {}
+        # Per ledger, its open reservations: ticket id -> (amount, lease end in µs).
+        self._reservations: dict[str, dict[str, tuple[int, int]]] = {}
+        # Per tenant, the settle ids applied (oldest first), so that a repeated settle is a no-op.
+        self._settled: dict[str, dict[str, int]] = {}
         self._ledger_expiry: dict[str, int] = {}
         self._alerted: set[str] = set()
         self._reports: dict[str, dict[str, int]] = {}
@@ -80,7 +87,7 @@ class MemoryState:
                     verdict.denied = state
             verdict.rates.append(state)
         for budget in budgets:
-            spent = self._ledgers.get(budget.key, 0)
+            spent = self._sweep(budget.key, now)
             state = BudgetState(budget, spent)
             if spent + budget.amount_nanos > budget.limit_nanos and verdict.denied is None:
                 verdict.allowed = False
@@ -88,7 +95,7 @@ class MemoryState:
             verdict.budgets.append(state)
         if not verdict.allowed:
             return verdict
-        ticket = Ticket(uuid.uuid4().hex[:16], now, tuple(rates), tuple(budgets))
+        ticket = Ticket(new_ticket_id(), now, tuple(rates), tuple(budgets))
         for state in verdict.rates:
             check = state.check
             win = self._windows[check.key]
@@ -101,6 +108,10 @@ class MemoryState:
             spent = self._ledgers.get(budget.key, 0) + budget.amount_nanos
             self._ledgers[budget.key] = spent
             self._ledger_expiry[budget.key] = budget.expires_at
+            self._reservations.setdefault(budget.key, {})[ticket.id] = (
+                budget.amount_nanos,
+                now + self._lease_us,
+            )
             state.spent_nanos = spent
             if (
                 budget.alert_nanos is not None
@@ -112,14 +123,11 @@ class MemoryState:
         verdict.ticket = ticket
         return verdict
 
-    async def settle(
-        self,
-        ticket: Ticket,
-        tokens: int | None,
-        cost_nanos: int | None,
-        record: SpendRecord | None = None,
-    ) -> None:
+    async def settle(self, settlement: Settlement) -> bool:
         now = self._clock()
+        if not self._first_settle(settlement.tenant, settlement.ticket.id, now):
+            return False
+        ticket, tokens = settlement.ticket, settlement.tokens
         if tokens is not None:
             for check in ticket.rates:
                 delta = tokens - check.cost
@@ -130,25 +138,39 @@ class MemoryState:
                 # Filed at the admission time so the correction leaves the window with the original.
                 _insert_sorted(win.entries, (ticket.at_us, delta))
                 win.total += delta
-        if cost_nanos is not None:
-            for budget in ticket.budgets:
-                delta = cost_nanos - budget.amount_nanos
-                if delta:
-                    self._ledgers[budget.key] = self._ledgers.get(budget.key, 0) + delta
-        if record is not None and cost_nanos is not None:
+        for budget in ticket.budgets:
+            held = self._reservations.get(budget.key, {}).pop(ticket.id, None)
+            # Still reserved: replace the reservation. Released (lease ran out) or never reserved:
+            # the whole cost is new spend.
+            delta = settlement.cost_nanos - (held[0] if held is not None else 0)
+            if delta:
+                self._ledgers[budget.key] = self._ledgers.get(budget.key, 0) + delta
+                self._ledger_expiry.setdefault(budget.key, budget.expires_at)
+        record = settlement.record
+        if record is not None:
             report = self._reports.setdefault(f"{record.tenant}:{record.day}", {})
+            cost = settlement.cost_nanos
             for name, amount in (
-                (f"m:{record.model}", cost_nanos),
+                (f"m:{record.model}", cost),
                 (f"r:{record.model}", 1),
-                (f"k:{record.key_id}", cost_nanos),
+                (f"k:{record.key_id}", cost),
             ):
                 report[name] = report.get(name, 0) + amount
+        return True
+
+    async def renew(self, tickets: list[Ticket]) -> None:
+        until = self._clock() + self._lease_us
+        for ticket in tickets:
+            for budget in ticket.budgets:
+                held = self._reservations.get(budget.key, {})
+                if ticket.id in held:
+                    held[ticket.id] = (held[ticket.id][0], until)
 
     async def spend_days(self, tenant: str, days: list[str]) -> dict[str, dict[str, int]]:
         return {day: dict(self._reports.get(f"{tenant}:{day}", {})) for day in days}
 
     async def ledger(self, key: str) -> int:
-        return self._ledgers.get(key, 0)
+        return self._sweep(key, self._clock())
 
     async def put_record(self, key: str, value: bytes, ttl_s: int) -> None:
         now = self._clock()
@@ -172,6 +194,31 @@ class MemoryState:
     async def close(self) -> None:
         return None
 
+    def _sweep(self, key: str, now_us: int) -> int:
+        """Release the reservations of `key` whose lease has run out; the ledger's value after."""
+        held = self._reservations.get(key)
+        spent = self._ledgers.get(key, 0)
+        if held:
+            lapsed = [rid for rid, (_, until) in held.items() if until <= now_us]
+            for rid in lapsed:
+                spent -= held.pop(rid)[0]
+            if lapsed:
+                self._ledgers[key] = spent
+        return spent
+
+    def _first_settle(self, tenant: str, settle_id: str, now_us: int) -> bool:
+        done = self._settled.setdefault(tenant, {})
+        if settle_id in done:
+            return False
+        horizon = now_us - SETTLED_KEEP_S * 1_000_000
+        while done:
+            oldest = next(iter(done))
+            if done[oldest] > horizon:
+                break
+            del done[oldest]
+        done[settle_id] = now_us
+        return True
+
     def _drop_expired_ledgers(self, now_s: int) -> None:
         # Ledgers are named by period; without this a long-lived process keeps every past day.
         if len(self._ledger_expiry) < 1024:
@@ -179,6 +226,7 @@ class MemoryState:
         for key in [k for k, at in self._ledger_expiry.items() if at <= now_s]:
             self._ledger_expiry.pop(key, None)
             self._ledgers.pop(key, None)
+            self._reservations.pop(key, None)
             self._alerted.discard(key)
 
 

@@ -1,6 +1,6 @@
 """`state: redis://host:port/db`: state shared by any number of gateway processes and hosts.
 
-Each admit and each settle is one EVALSHA (redis-py's registered scripts fall back to EVAL on
+Each admit, settle and lease renewal is one EVALSHA (redis-py's registered scripts fall back to EVAL on
 NOSCRIPT, e.g. after a Redis restart), so a request costs two round trips in total. Keys carry
 the tenant in a hash tag (`rg:{acme}:...`) so a tenant's keys share one Redis Cluster slot.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
+from collections import defaultdict
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -24,16 +24,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway.state.base import (
+    DEFAULT_LEASE_S,
+    SETTLED_KEEP_S,
     BudgetCheck,
     BudgetState,
     RateCheck,
     RateState,
-    SpendRecord,
+    Settlement,
     StateUnavailable,
     Ticket,
     Verdict,
+    new_ticket_id,
 )
-from gateway.state.scripts import ADMIT, SETTLE
+from gateway.state.scripts import ADMIT, LEDGER, RENEW, SETTLE
 
 log = logging.getLogger("rag_gateway.state")
 PREFIX = "rg:"
@@ -50,8 +53,10 @@ class RedisState:
         timeout_s: float = 2.0,
         pool_timeout_s: float = 5.0,
         down_for_s: float = 0.5,
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         self.url = url
+        self._lease_us = int(lease_s * 1_000_000)
         # A blocking pool caps the connections Redis sees from this process: under a burst,
         # requests queue for a connection instead of opening thousands. Waiting for one is load,
         # not an outage, hence its own, longer timeout than the socket's.
@@ -61,14 +66,17 @@ class RedisState:
             timeout=pool_timeout_s,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
-            # One immediate retry heals a connection Redis closed. Never retry a timeout: the script
-            # may have run, and running an admit or a settle twice would count spend twice.
+            # One immediate retry heals a connection Redis closed. Never retry a timeout here: the
+            # script may have run. (A settle that timed out is retried from the journal, and its id
+            # makes the second run a no-op; an admit that ran unseen lapses with its lease.)
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             health_check_interval=30,
         )
         self._client = aioredis.Redis(connection_pool=pool)
         self._admit = self._client.register_script(ADMIT)
         self._settle = self._client.register_script(SETTLE)
+        self._renew = self._client.register_script(RENEW)
+        self._ledger = self._client.register_script(LEDGER)
         self._down_for_s = down_for_s
         self._down_until = 0.0
         self._down_since: float | None = None
@@ -77,14 +85,14 @@ class RedisState:
     # -- the protocol ---------------------------------------------------------------------------
 
     async def admit(self, rates: list[RateCheck], budgets: list[BudgetCheck]) -> Verdict:
-        request_id = uuid.uuid4().hex[:16]
+        request_id = new_ticket_id()
         keys: list[str] = []
-        args: list[Any] = [request_id, len(rates), len(budgets)]
+        args: list[Any] = [request_id, len(rates), len(budgets), self._lease_us]
         for check in rates:
             keys += [f"{PREFIX}{check.key}", f"{PREFIX}{check.key}:sum"]
             args += [check.limit, int(check.window_s * 1_000_000), check.cost]
         for budget in budgets:
-            keys += [f"{PREFIX}{budget.key}", f"{PREFIX}{budget.key}:alerted"]
+            keys += [f"{PREFIX}{budget.key}", f"{PREFIX}{budget.key}:alerted", reservations_key(budget.key)]
             alert = -1 if budget.alert_nanos is None else budget.alert_nanos
             args += [budget.limit_nanos, budget.amount_nanos, budget.expires_at, alert]
         out = await self._run(self._admit, keys, args)
@@ -104,39 +112,41 @@ class RedisState:
             verdict.ticket = Ticket(request_id, now_us, tuple(rates), tuple(budgets))
         return verdict
 
-    async def settle(
-        self,
-        ticket: Ticket,
-        tokens: int | None,
-        cost_nanos: int | None,
-        record: SpendRecord | None = None,
-    ) -> None:
+    async def settle(self, settlement: Settlement) -> bool:
+        if settlement.is_noop():
+            return True
+        ticket, tokens, record = settlement.ticket, settlement.tokens, settlement.record
         corrections = (
             [(c, tokens - c.cost) for c in ticket.rates if c.kind == "tokens" and tokens != c.cost]
             if tokens is not None
             else []
         )
-        ledgers = (
-            [(b, cost_nanos - b.amount_nanos) for b in ticket.budgets if cost_nanos != b.amount_nanos]
-            if cost_nanos is not None
-            else []
-        )
-        report = record is not None and cost_nanos is not None
-        if not corrections and not ledgers and not report:
-            return
-        keys: list[str] = []
-        args: list[Any] = [ticket.id, ticket.at_us, len(corrections), len(ledgers), "1" if report else "0"]
+        keys: list[str] = [settled_key(settlement.tenant)]
+        args: list[Any] = [
+            ticket.id, ticket.at_us, len(corrections), len(ticket.budgets), "0" if record is None else "1",
+            SETTLED_KEEP_S * 1_000_000, settlement.cost_nanos,
+        ]  # fmt: skip
         for check, delta in corrections:
             keys += [f"{PREFIX}{check.key}", f"{PREFIX}{check.key}:sum"]
             args += [int(check.window_s * 1_000_000), delta]
-        for budget, delta in ledgers:
-            keys.append(f"{PREFIX}{budget.key}")
-            args.append(delta)
-        if report:
-            assert record is not None
+        for budget in ticket.budgets:
+            keys += [f"{PREFIX}{budget.key}", reservations_key(budget.key)]
+            args.append(budget.amount_nanos)
+        if record is not None:
             keys.append(report_key(record.tenant, record.day))
-            args += [record.expires_at, record.model, record.key_id, cost_nanos]
-        await self._run(self._settle, keys, args)
+            args += [record.expires_at, record.model, record.key_id]
+        return bool(await self._run(self._settle, keys, args))
+
+    async def renew(self, tickets: list[Ticket]) -> None:
+        # One call per tenant: a script's keys must share a cluster slot (the tenant's hash tag).
+        by_tenant: dict[str, tuple[list[str], list[Any]]] = defaultdict(lambda: ([], [self._lease_us]))
+        for ticket in tickets:
+            for budget in ticket.budgets:
+                keys, args = by_tenant[budget.key.partition("}")[0]]
+                keys.append(reservations_key(budget.key))
+                args.append(f"{ticket.id}:{budget.amount_nanos}")
+        for keys, args in by_tenant.values():
+            await self._run(self._renew, keys, args)
 
     async def spend_days(self, tenant: str, days: list[str]) -> dict[str, dict[str, int]]:
         async def read() -> list[Any]:
@@ -152,11 +162,7 @@ class RedisState:
         }
 
     async def ledger(self, key: str) -> int:
-        async def read() -> Any:
-            return await self._client.get(f"{PREFIX}{key}")
-
-        value = await self._guard(read)
-        return int(value or 0)
+        return int(await self._run(self._ledger, [f"{PREFIX}{key}", reservations_key(key)], []))
 
     async def put_record(self, key: str, value: bytes, ttl_s: int) -> None:
         async def put() -> Any:
@@ -229,3 +235,11 @@ class RedisState:
 
 def report_key(tenant: str, day: str) -> str:
     return f"{PREFIX}{{{tenant}}}:spend:{day}"
+
+
+def settled_key(tenant: str) -> str:
+    return f"{PREFIX}{{{tenant}}}:settled"
+
+
+def reservations_key(ledger: str) -> str:
+    return f"{PREFIX}{ledger}:res"
