@@ -190,6 +190,79 @@ def test_compose_redis_persists_to_a_named_volume() -> None:
     assert chroma.get("/data") in compose["volumes"], "chroma persists under /data"
 
 
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "rag-gateway.json"
+# Words inside a PromQL expression that are not metric names.
+PROMQL_WORDS = {
+    "sum", "by", "rate", "increase", "histogram_quantile", "clamp_min", "label_values",
+    "le", "tenant", "status", "model", "type", "outcome", "stage", "rule", "kind", "action",
+}  # fmt: skip
+
+
+def _dashboard_exprs() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    exprs += [v["definition"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    return exprs
+
+
+def _series_names(exposition: str) -> set[str]:
+    """The series a /metrics page offers, from its TYPE lines (so also metrics not yet observed)."""
+    names = set()
+    for line in exposition.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            if kind == "counter":
+                names.add(name if name.endswith("_total") else name + "_total")
+            elif kind == "histogram":
+                names.update(name + suffix for suffix in ("_bucket", "_sum", "_count"))
+            else:
+                names.add(name)
+    return names
+
+
+def test_every_dashboard_query_names_a_metric_the_gateway_exposes(gateway: Any) -> None:
+    exposition = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    offered = _series_names(exposition)
+    assert "rag_gateway_requests_total" in offered
+    dashboard = json.loads(DASHBOARD.read_text())
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for wanted in ("requests", "error", "latency", "first token", "tokens", "spend", "cache", "refusal",
+                   "guardrail"):  # fmt: skip
+        assert wanted in titles, f"the dashboard has no {wanted} panel"
+    for expr in _dashboard_exprs():
+        # Drop label values, range selectors and numbers (1e-9): what is left are functions and metrics.
+        without_strings = re.sub(r"\b\d+(\.\d+)?(e[-+]?\d+)?\b", "", re.sub(r'"[^"]*"', "", expr))
+        names = {
+            word
+            for word in re.findall(r"[a-z_][a-z0-9_]*", re.sub(r"\[[0-9a-z]+\]", "", without_strings))
+            if word not in PROMQL_WORDS
+        }
+        assert names, expr
+        assert names <= offered, f"{expr}: {sorted(names - offered)} not on /metrics"
+
+
+def test_compose_provisions_prometheus_scraping_every_replica_and_grafana_with_the_dashboard() -> None:
+    compose = _compose()
+    services = compose["services"]
+    prometheus = dict((target, source) for source, target in _mounts(services["prometheus"]))
+    scrape = yaml.safe_load((DEPLOY / prometheus["/etc/prometheus/prometheus.yml"]).read_text())
+    (job,) = scrape["scrape_configs"]
+    (discovery,) = job["dns_sd_configs"]
+    assert discovery["names"] == ["gateway"] and job["metrics_path"] == "/metrics"
+    assert discovery["port"] == load_config(DEPLOY / "gateway.yaml").server.port
+    grafana = dict((target, source) for source, target in _mounts(services["grafana"]))
+    provisioning = DEPLOY / grafana["/etc/grafana/provisioning"]
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())[
+        "datasources"
+    ]
+    assert datasource["url"] == "http://prometheus:9090"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "rag-gateway.yaml").read_text())["providers"]
+    dashboards = DEPLOY / grafana[provider["options"]["path"]]
+    assert (dashboards / DASHBOARD.name).is_file()
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    assert {p["datasource"]["uid"] for p in panels} == {datasource["uid"]}
+
+
 def test_compose_volumes_and_depends_on_reference_things_that_exist() -> None:
     compose = _compose()
     declared = set(compose.get("volumes") or {})

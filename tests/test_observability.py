@@ -87,6 +87,7 @@ def _decode(span: Any, service: dict[str, str]) -> dict[str, Any]:
         "span_id": span.span_id.hex(),
         "parent": span.parent_span_id.hex(),
         "kind": span.kind,
+        "duration_s": (span.end_time_unix_nano - span.start_time_unix_nano) / 1e9,
         "attributes": {a.key: _value(a.value) for a in span.attributes},
         "service": service.get("service.name"),
     }
@@ -131,6 +132,15 @@ def traced(tmp_path: Path, upstream: MockServer, monkeypatch: pytest.MonkeyPatch
 
 
 QUESTION = "Speed limit in Zone B?"
+
+
+def log_entry(log_file: Path, request_id: str, timeout_s: float = 5) -> dict[str, Any]:
+    """The request log's line for a request, once the log writer has written it."""
+    deadline = time.monotonic() + timeout_s
+    while request_id not in (log_file.read_text() if log_file.exists() else ""):
+        assert time.monotonic() < deadline, f"no request-log line for {request_id}"
+        time.sleep(0.1)
+    return next(json.loads(line) for line in log_file.read_text().splitlines() if request_id in line)
 
 
 def ask(gateway: RunningGateway, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -196,16 +206,61 @@ def test_span_tree_continues_client_trace_and_reaches_the_upstream(traced) -> No
     assert sent.split("-")[1] == trace_id and sent.split("-")[2] == ok["span_id"]
 
 
+def test_a_stream_is_traced_logged_and_counted_when_it_ends(traced) -> None:
+    gateway, receiver, tmp_path = traced
+    gateway.upstream.script("mock-1", "slowstream:40")  # each of 6 chunks 40 ms apart
+    started = time.perf_counter()
+    chunks = []
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}{CHAT}",
+        timeout=60,
+        headers={"Authorization": f"Bearer {ACME_KEY}"},
+        json={"model": "gpt-mock", "messages": [{"role": "user", "content": QUESTION}], "stream": True},
+    ) as response:
+        assert response.status_code == 200
+        request_id = response.headers["x-request-id"]
+        chunks = [line for line in response.iter_lines() if line.startswith("data: {")]
+    streamed_s = time.perf_counter() - started
+    assert streamed_s >= 0.2
+    # The gateway asked the upstream for usage; this client did not, so it gets no usage chunk.
+    assert gateway.upstream.requests()[-1]["body"]["stream_options"] == {"include_usage": True}
+    assert not any(json.loads(c[6:]).get("usage") for c in chunks)
+    spans = receiver.wait_for(
+        lambda spans: any(
+            s["name"] == "chat mock-1" and s["attributes"].get("gateway.streaming") for s in spans
+        )
+    )
+    client = next(s for s in spans if s["name"] == "chat mock-1")
+    attrs = client["attributes"]
+    # The CLIENT span lasts until the last chunk and carries what the stream reported.
+    assert client["duration_s"] >= 0.2
+    assert attrs["gen_ai.usage.input_tokens"] == 10 and attrs["gen_ai.usage.output_tokens"] == 6
+    assert attrs["gen_ai.response.finish_reasons"] == ["stop"]
+    assert attrs["gen_ai.response.id"] == "chatcmpl-mock" and attrs["gen_ai.response.model"] == "mock-1"
+    log_file = tmp_path / "logs" / "requests.jsonl"
+    entry = log_entry(log_file, request_id)
+    assert entry["status"] == 200 and entry["error"] is None  # completed, not "client disconnected"
+    # The gateway's own time, not the 0.2 s spent waiting for the upstream's chunks.
+    assert entry["overhead_ms"] < 150
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert (
+        'rag_gateway_requests_total{endpoint="chat",model="gpt-mock",status="200",tenant="acme"} 1.0'
+        in metrics
+    )
+    assert 'status="499"' not in metrics
+    assert (
+        'gen_ai_server_time_to_first_token_seconds_count{gen_ai_operation_name="chat",'
+        'gen_ai_request_model="gpt-mock"} 1.0' in metrics
+    )
+
+
 def test_request_log_line_and_replay(traced) -> None:
     gateway, _, tmp_path = traced
     response = ask(gateway)
     request_id = response.headers["x-request-id"]
     log_file = tmp_path / "logs" / "requests.jsonl"
-    deadline = time.monotonic() + 5
-    while request_id not in (log_file.read_text() if log_file.exists() else ""):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    entry = next(json.loads(line) for line in log_file.read_text().splitlines() if request_id in line)
+    entry = log_entry(log_file, request_id)
     assert entry["tenant"] == "acme" and entry["model"] == "gpt-mock" and entry["status"] == 200
     assert len(entry["trace_id"]) == 32 and entry["usage"]["total_tokens"] == 16
     assert entry["retrieval"]["hits"][0]["chunk_id"] == "zones.md#0"
