@@ -56,6 +56,13 @@ async def upstream(ctx: RequestContext) -> GatewayResponse:
     )
 
 
+async def cpu_ms_per_request(handler, tenant: str, n: int) -> float:  # type: ignore[no-untyped-def]
+    """Process CPU (this loop, and redis-py's parsing) per request, one at a time."""
+    started = time.process_time()
+    await timed(handler, tenant, n, 1)
+    return (time.process_time() - started) * 1000 / n
+
+
 async def timed(handler, tenant: str, n: int, concurrency: int) -> list[float]:  # type: ignore[no-untyped-def]
     samples: list[float] = []
     queue = iter(range(n))
@@ -94,17 +101,30 @@ async def main() -> None:
     limits = RateLimitPolicy(enabled=True, rpm=10**9, tpm=10**12, per_key_rpm=10**9, per_key_tpm=10**12)
     budget = BudgetPolicy(enabled=True, daily_usd=10**6, monthly_usd=10**6, per_key_daily_usd=10**6)
     journal = SettleJournal(state, Path(tempfile.mkdtemp(prefix="rg-bench-journal-")))
-    stage = AdmissionStage(limits, budget, state, pricing, LeaseKeeper(state, 30), journal)
+    leases = LeaseKeeper(state, 30)
+    stage = AdmissionStage(limits, budget, state, pricing, leases, journal)
     chain = compose([stage], upstream)
-    for handler in (chain, upstream):  # warm-up: connections, script load, caches
+    # Accounting alone (a tenant with no limits and no budget): priced and booked, one settle.
+    accounting = compose(
+        [AdmissionStage(RateLimitPolicy(), BudgetPolicy(), state, pricing, leases, journal)], upstream
+    )
+    for handler in (chain, accounting, upstream):  # warm-up: connections, script load, caches
         await timed(handler, tenant, 200, args.concurrency)
     bare = await timed(upstream, tenant, args.requests, args.concurrency)
     staged = await timed(chain, tenant, args.requests, args.concurrency)
+    booked = await timed(accounting, tenant, args.requests, args.concurrency)
     print(f"state {state.name} ({args.state}), {args.requests} requests, concurrency {args.concurrency}")
     print(f"  bare upstream          {summary(bare)}")
     print(f"  rate limit + budget    {summary(staged)}")
+    print(f"  accounting only        {summary(booked)}")
     added = statistics.median(staged) - statistics.median(bare)
     print(f"  added by the checks    p50 {added:.3f} ms (4 rate windows + 3 budgets: 1 admit + 1 settle)")
+    added = statistics.median(booked) - statistics.median(bare)
+    print(f"  added by accounting    p50 {added:.3f} ms (no limits: price, count, 1 settle)")
+    bare_cpu = await cpu_ms_per_request(upstream, tenant, args.requests)
+    for name, handler in (("rate limit + budget", chain), ("accounting only", accounting)):
+        cpu = await cpu_ms_per_request(handler, tenant, args.requests) - bare_cpu
+        print(f"  CPU per request, {name}: {cpu:.3f} ms")
     await state.close()
 
 

@@ -35,6 +35,7 @@ from gateway.services import (
     ensure_retrieval,
     ingest_settings,
     policy_needs_embedder,
+    redacted_state,
 )
 from middleware import build_embedding_stages, build_stages
 from middleware.auth import authenticate, bearer_or_api_key
@@ -177,7 +178,7 @@ class Gateway:
             log.warning(
                 "state: %s is unreachable at start-up; limits, budgets and the cache follow each "
                 "policy's on_state_error until it answers (see /readyz)",
-                self.config.state.split("@")[-1],
+                redacted_state(self.config.state),
             )
         self._watcher = asyncio.create_task(self.policies.watch())
         self._ledger_tasks = [

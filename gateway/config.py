@@ -230,7 +230,11 @@ class GatewayConfig(_Strict):
     )
     policies_dir: str | None = None
     router: RouterConfig = Field(default_factory=RouterConfig)
-    state: str = Field(default="memory", description="'memory' or redis://host:port/db")
+    state: str = Field(
+        default="memory",
+        description="'memory', redis://host:port/db, redis+cluster://h1:p1,h2:p2, "
+        "redis+sentinel://h1:26379/service/db (valkey:// forms too)",
+    )
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     vector_store: VectorStoreConfig = Field(default_factory=VectorStoreConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
@@ -240,6 +244,15 @@ class GatewayConfig(_Strict):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     # Where this config was read from; relative paths inside it resolve against its folder.
     base_dir: str = Field(default=".", exclude=True)
+
+    @field_validator("state")
+    @classmethod
+    def _state_url(cls, url: str) -> str:
+        if url != "memory":
+            from gateway.state.redis_connect import parse
+
+            parse(url)  # a ValueError naming the URL forms there are
+        return url
 
     @field_validator("models")
     @classmethod

@@ -136,12 +136,21 @@ def build_services(
 
     async def state_ready() -> tuple[bool, str]:
         ok = await state.ping()
-        return ok, f"state {config.state.split('@')[-1]}: {'reachable' if ok else 'unreachable'}"
+        return ok, f"state {redacted_state(config.state)}: {'reachable' if ok else 'unreachable'}"
 
     services.readiness["state"] = state_ready
     if config.retrieval.enabled is True:
         ensure_retrieval(services)
     return services
+
+
+def redacted_state(url: str) -> str:
+    """gateway.yaml's `state:` for logs and /readyz, without a password."""
+    if url == "memory":
+        return url
+    from gateway.state.redis_connect import parse
+
+    return parse(url).redacted()
 
 
 def policy_needs_embedder(policy: Policy) -> bool:

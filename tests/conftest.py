@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -90,14 +92,7 @@ class PrivateRedis:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             args += ["--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync", "always"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
+        _wait_for_port(self.port)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -121,6 +116,126 @@ def private_redis() -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+class RedisCluster:
+    """A real Redis Cluster of three masters (no replicas) on free ports, each in its own folder."""
+
+    def __init__(self, root: Path, masters: int = 3) -> None:
+        self.ports = [self._free_cluster_port() for _ in range(masters)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        for port in self.ports:
+            folder = root / str(port)
+            folder.mkdir(parents=True)
+            self.procs.append(
+                subprocess.Popen(
+                    ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+                     "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                     "--save", "", "--appendonly", "no"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )  # fmt: skip
+        for port in self.ports:
+            _wait_for_port(port)
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        while not all(self._ok(port) for port in self.ports):
+            assert time.monotonic() < deadline, "the Redis Cluster did not reach cluster_state:ok"
+            time.sleep(0.1)
+
+    @staticmethod
+    def _free_cluster_port() -> int:
+        """A free port whose cluster bus port (port + 10000) is free and valid too."""
+        while True:
+            port = random.randint(20000, 50000)
+            try:
+                for candidate in (port, port + 10000):
+                    with socket.socket() as s:
+                        s.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return port
+
+    @staticmethod
+    def _ok(port: int) -> bool:
+        info = subprocess.run(
+            ["redis-cli", "-p", str(port), "cluster", "info"], capture_output=True, text=True, timeout=10
+        )
+        return "cluster_state:ok" in info.stdout
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports[:2])
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(10)
+
+
+class RedisSentinel:
+    """A primary redis-server watched by one Sentinel (`redis-server --sentinel`) naming it `mymaster`."""
+
+    def __init__(self, root: Path) -> None:
+        self.primary = PrivateRedis()
+        self.primary.start()
+        self.port = free_port()
+        config = root / "sentinel.conf"
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\n"
+            f"sentinel monitor mymaster 127.0.0.1 {self.primary.port} 1\n"
+            "sentinel down-after-milliseconds mymaster 5000\n"
+        )
+        self.proc = subprocess.Popen(
+            ["redis-server", str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        _wait_for_port(self.port)
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/mymaster/0"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.primary.stop()
+
+
+def _wait_for_port(port: int, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing listens on port {port}"
+            time.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server and redis-cli are needed for a local Redis Cluster")
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is needed for a local Sentinel")
+    sentinel = RedisSentinel(tmp_path_factory.mktemp("redis-sentinel"))
+    yield sentinel
+    sentinel.stop()
 
 
 class MockServer:

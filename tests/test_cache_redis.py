@@ -51,6 +51,19 @@ async def ask(stage: CacheStage, upstream: Any, question: str, **kwargs: Any) ->
 
 
 async def test_an_answer_cached_by_one_replica_is_served_by_another(replicas, embedder) -> None:
+    await shared_by_replicas(replicas, embedder)
+
+
+async def test_replicas_share_the_cache_on_a_redis_cluster(redis_cluster, embedder) -> None:
+    stores = make_cache_store(redis_cluster.url), make_cache_store(redis_cluster.url)
+    try:
+        await shared_by_replicas(stores, embedder)
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def shared_by_replicas(replicas: tuple[Any, Any], embedder: LocalMiniLMEmbedder) -> None:
     one, two = stage_on(replicas[0], embedder), stage_on(replicas[1], embedder)
     upstream = Upstream("Use the 'Forgot password' link.")
     await ask(one, upstream, "How do I reset my password?")

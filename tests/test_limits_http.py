@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -151,3 +152,24 @@ def test_limit_holds_across_two_gateways_sharing_redis(two_replicas: list[Server
 
     statuses = asyncio.run(hammer())
     assert statuses.count(200) == 50 and statuses.count(429) == 150
+
+
+def test_limits_and_spend_on_a_redis_cluster(
+    tmp_path: Path, upstream: MockServer, env: None, redis_cluster: Any
+) -> None:
+    """`state: redis+cluster://...`: every script's keys share the tenant's slot on a real cluster."""
+    policy = {"budget": {"enabled": True, "daily_usd": 2.5}, "rate_limit": {"enabled": True, "rpm": 3}}
+    server = ServerThread(create_app(load_config(configure(tmp_path, upstream, policy, redis_cluster.url))))
+    try:
+        tenant_spend_before = httpx.get(
+            f"{server.url}/admin/tenants/acme/spend?days=1", headers={"Authorization": f"Bearer {ADMIN}"}
+        ).json()["cost_usd"]
+        responses = [post(server.url, max_tokens=100) for _ in range(4)]
+        assert [r.status_code for r in responses] == [200, 200, 200, 429]
+        assert responses[2].headers["x-ratelimit-remaining-requests"] == "0"
+        spend = httpx.get(
+            f"{server.url}/admin/tenants/acme/spend?days=1", headers={"Authorization": f"Bearer {ADMIN}"}
+        ).json()
+        assert spend["cost_usd"] - tenant_spend_before == pytest.approx(3 * 0.022)
+    finally:
+        server.stop()

@@ -27,6 +27,7 @@ from gateway.state import (
     spend_report,
 )
 from gateway.state.memory import MemoryState
+from gateway.state.redis_connect import parse
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 FAR = 4_000_000_000  # an expiry far in the future (unix seconds)
@@ -40,11 +41,19 @@ async def _redis_up() -> bool:
         await state.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster", "sentinel"])
 async def backend_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "redis" and not await _redis_up():
+    """The same contract on every backend: memory, one Redis, a 3-master Redis Cluster, and the
+    primary a Sentinel names (both real, started by tests/conftest.py)."""
+    if request.param == "memory":
+        return "memory"
+    if request.param == "cluster":
+        return request.getfixturevalue("redis_cluster").url
+    if request.param == "sentinel":
+        return request.getfixturevalue("redis_sentinel").url
+    if not await _redis_up():
         pytest.skip("no Redis on 127.0.0.1:6379")
-    return "memory" if request.param == "memory" else REDIS_URL
+    return REDIS_URL
 
 
 @pytest.fixture
@@ -79,6 +88,31 @@ def test_make_state_rejects_unknown_urls() -> None:
         make_state("postgres://x")
 
 
+def test_state_urls_name_one_server_a_cluster_or_a_sentinel_primary() -> None:
+    single = parse("valkeys://user:secret@cache.internal:6380/2")
+    assert (
+        single.kind == "single"
+        and single.tls
+        and single.single_url == "rediss://user:secret@cache.internal:6380/2"
+    )
+    assert "secret" not in single.redacted()
+    cluster = parse("redis+cluster://:pw@10.0.0.1:7000,10.0.0.2")
+    assert cluster.kind == "cluster" and not cluster.tls and cluster.password == "pw"
+    assert cluster.hosts == (("10.0.0.1", 7000), ("10.0.0.2", 6379))
+    sentinel = parse("rediss+sentinel://s1:26379,s2/mymaster/3")
+    assert (sentinel.kind, sentinel.tls, sentinel.service, sentinel.db) == ("sentinel", True, "mymaster", 3)
+    assert sentinel.hosts == (("s1", 26379), ("s2", 26379)) and "pw" not in cluster.redacted()
+    for bad, says in [
+        ("redis+sentinel://s1:26379", "service name"),
+        ("redis+cluster://h:7000/1", "only database 0"),
+        ("redis+mesh://h:1", "unknown URL scheme"),
+        ("redis+cluster://h:port", "no valid port"),
+        ("localhost:6379", "redis://"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            parse(bad)
+
+
 async def test_window_admits_exactly_the_limit_then_frees(state: StateBackend) -> None:
     check = RateCheck(f"{tenant()}:rpm", limit=5, cost=1, window_s=0.4)
     verdicts = [await state.admit([check], []) for _ in range(7)]
@@ -107,10 +141,11 @@ async def test_admission_is_all_or_nothing(state: StateBackend) -> None:
 
 
 async def test_token_correction_replaces_the_estimate(state: StateBackend) -> None:
-    tpm = RateCheck(f"{tenant()}:tpm", limit=100, cost=30, window_s=0.5, kind="tokens")
+    t = tenant()
+    tpm = RateCheck(f"{t}:tpm", limit=100, cost=30, window_s=0.5, kind="tokens")
     verdict = await state.admit([tpm], [])
     assert verdict.ticket is not None
-    await state.settle(Settlement("t", verdict.ticket, tokens=80))  # 30 estimated, 80 used
+    await state.settle(Settlement(t.strip("{}"), verdict.ticket, tokens=80))  # 30 estimated, 80 used
     probe = await state.admit([RateCheck(tpm.key, 100, 30, 0.5, "tokens")], [])
     assert not probe.allowed and probe.rates[0].used == 80
     await asyncio.sleep(0.55)  # the correction leaves the window with its request
@@ -211,7 +246,7 @@ async def test_renewed_reservations_stay_until_settled(short_lease: StateBackend
         await asyncio.sleep(0.1)
         await short_lease.renew([verdict.ticket])
     assert await short_lease.ledger(budget.key) == 60 and await short_lease.ledger(other.key) == 60
-    assert await short_lease.settle(Settlement(t, verdict.ticket, cost_nanos=25))
+    assert await short_lease.settle(Settlement(t.strip("{}"), verdict.ticket, cost_nanos=25))
     assert await short_lease.ledger(budget.key) == 25 and await short_lease.ledger(other.key) == 25
 
 
@@ -225,7 +260,7 @@ async def test_a_settle_after_its_lease_lapsed_books_the_whole_cost(short_lease:
         return await short_lease.ledger(budget.key) == 0
 
     await until(released)
-    assert await short_lease.settle(Settlement(t, verdict.ticket, cost_nanos=40))
+    assert await short_lease.settle(Settlement(t.strip("{}"), verdict.ticket, cost_nanos=40))
     assert await short_lease.ledger(budget.key) == 40
 
 
@@ -255,3 +290,31 @@ async def test_an_unreserved_settle_books_its_cost_once(state: StateBackend) -> 
     assert not await state.settle(served_while_down)
     assert await state.ledger(budget.key) == 35
     assert (await state.admit([], [budget])).budgets[0].spent_nanos == 95
+
+
+@pytest.mark.parametrize("late", [False, True])
+async def test_a_settle_that_ran_late_is_remembered_for_a_day(
+    monkeypatch: pytest.MonkeyPatch, late: bool
+) -> None:
+    """Redis remembers a prompt settle's id for 10 minutes (its lost reply is retried at once) and a
+    late one's (sent more than a second before Redis ran it: it was frozen) for a day."""
+    if not await _redis_up():
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    import gateway.state.redis_backend as backend
+
+    state = make_state(REDIS_URL)
+    t = tenant()
+    name = t.strip("{}")
+    budget = BudgetCheck(f"{t}:usd", limit_nanos=1000, amount_nanos=60, expires_at=FAR)
+    verdict = await state.admit([], [budget])
+    assert verdict.ticket is not None
+    sent = time.time_ns() - (5_000_000_000 if late else 0)
+    monkeypatch.setattr(backend.time, "time_ns", lambda: sent)
+    assert await state.settle(Settlement(name, verdict.ticket, cost_nanos=10))
+    monkeypatch.undo()
+    raw = backend.connect(REDIS_URL, backend.ClientOptions(2, 2.0))
+    forget_at_us = await raw.zscore(backend.settled_key(name), verdict.ticket.id)
+    await backend.close(raw)
+    await state.close()
+    keep_s = (forget_at_us - time.time_ns() / 1000) / 1e6
+    assert (86_000 < keep_s <= 86_400) if late else (590 < keep_s <= 600)

@@ -26,13 +26,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from gateway.cache.store import CacheUnavailable, Candidate, Limits, SemanticMatch
 from gateway.cache.vectors import VectorIndex
+from gateway.state.redis_connect import CLIENT_ERRORS, ClientOptions, close, connect, parse
 
 log = logging.getLogger("rag_gateway.cache")
 PREFIX = "rgc:"
@@ -84,16 +81,8 @@ class RedisCacheStore:
         self, url: str, *, max_connections: int = 64, timeout_s: float = 0.5, down_for_s: float = 0.5
     ) -> None:
         self.url = url
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=5.0,  # waiting for a free connection under load is not an outage
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1),  # one immediate retry heals a connection Redis closed
-            health_check_interval=30,
-        )
-        self._client = aioredis.Redis(connection_pool=pool)
+        self._where = parse(url).redacted()  # for logs: never the password
+        self._client = connect(url, ClientOptions(max_connections, timeout_s))
         self._put = self._client.register_script(PUT)
         self._replicas: dict[str, _Replica] = {}
         self._down_for_s = down_for_s
@@ -107,7 +96,7 @@ class RedisCacheStore:
 
     def _failed(self, exc: Exception) -> CacheUnavailable:
         if time.monotonic() >= self._down_until:
-            log.warning("cache: redis unreachable at %s: %s", self.url, exc)
+            log.warning("cache: redis unreachable at %s: %s", self._where, exc)
         self._down_until = time.monotonic() + self._down_for_s
         return CacheUnavailable(f"redis unreachable: {exc}")
 
@@ -117,7 +106,7 @@ class RedisCacheStore:
         self._check_up()
         try:
             return await self._client.get(_keys(tenant)[0] + key)
-        except (RedisError, OSError) as exc:
+        except CLIENT_ERRORS as exc:
             raise self._failed(exc) from exc
 
     async def search(
@@ -132,7 +121,7 @@ class RedisCacheStore:
             above = [found for found in nearest if found.similarity >= threshold]
             keys = [_keys(tenant)[0] + found.entry_id for found in above]
             payloads = await self._client.mget(keys) if keys else []
-        except (RedisError, OSError) as exc:
+        except CLIENT_ERRORS as exc:
             raise self._failed(exc) from exc
         candidates = []
         for found, payload in zip(above, payloads, strict=True):
@@ -180,18 +169,18 @@ class RedisCacheStore:
             args += [scope, vec, now_ms + limits.ttl_s * 1000]
         try:
             await self._put(keys=[answers + key, zset, stream], args=args)
-        except (RedisError, OSError) as exc:
+        except CLIENT_ERRORS as exc:
             raise self._failed(exc) from exc
 
     async def ping(self) -> None:
         try:
             await self._client.ping()
-        except (RedisError, OSError) as exc:
+        except CLIENT_ERRORS as exc:
             raise self._failed(exc) from exc
         self._down_until = 0.0
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await close(self._client)
 
 
 def _stream_id(raw: bytes) -> tuple[int, int]:

@@ -138,11 +138,13 @@ class MemoryCacheStore:
 
 
 def make_cache_store(url: str) -> CacheStore:
-    """The store named by gateway.yaml's `state:` ("memory" or a redis:// / rediss:// / unix:// URL)."""
+    """The store named by gateway.yaml's `state:`: "memory", or a Redis / Valkey URL (one server, a
+    cluster or a Sentinel-managed primary; see gateway.state.redis_connect)."""
     if url == "memory":
         return MemoryCacheStore()
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from gateway.cache.redis_store import RedisCacheStore
+    from gateway.state.redis_connect import parse
 
-        return RedisCacheStore(url)
-    raise ValueError(f"state: expected 'memory' or a redis://host:port/db URL, got {url!r}")
+    parse(url)  # a ValueError that says what URL forms there are
+    from gateway.cache.redis_store import RedisCacheStore
+
+    return RedisCacheStore(url)

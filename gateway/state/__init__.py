@@ -36,13 +36,15 @@ __all__ = [
 
 
 def make_state(url: str, lease_s: float = DEFAULT_LEASE_S) -> StateBackend:
-    """The backend named by gateway.yaml's `state:` ("memory" or a redis:// / rediss:// / unix:// URL)."""
+    """The backend named by gateway.yaml's `state:`: "memory", or a Redis / Valkey URL of one server,
+    a cluster or a Sentinel-managed primary (see gateway.state.redis_connect)."""
     if url == "memory":
         from gateway.state.memory import MemoryState
 
         return MemoryState(lease_s=lease_s)
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from gateway.state.redis_backend import RedisState
+    from gateway.state.redis_connect import parse
 
-        return RedisState(url, lease_s=lease_s)
-    raise ValueError(f"state: expected 'memory' or a redis://host:port/db URL, got {url!r}")
+    parse(url)  # a ValueError that says what URL forms there are
+    from gateway.state.redis_backend import RedisState
+
+    return RedisState(url, lease_s=lease_s)

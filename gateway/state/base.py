@@ -8,8 +8,12 @@ Both backends (memory, redis) implement exactly these semantics.
 The ledger heals itself. A budget reservation holds a lease (`lease_s`, 30 s by default) that the
 process serving the request renews while it runs (`renew`); a reservation whose process died is
 released by the first admit or ledger read after its lease ran out. A settle is idempotent by its
-ticket id for `SETTLED_KEEP_S`: sending it again (a retry after a timeout that Redis did apply, a
-journal replayed at start-up) changes nothing. A settle for a reservation that no longer exists
+ticket id: sending it again (a retry after a timeout that Redis did apply, a journal replayed at
+start-up) changes nothing. The id is remembered for `SETTLED_KEEP_S` when the settle ran promptly
+(a lost reply is then retried within seconds), and for `LATE_SETTLED_KEEP_S` when it ran more than
+`LATE_AFTER_S` after it was sent (Redis was frozen or stalled: the sender has surely given up and
+journalled it, and its retry may come from another process, later). Remembering every id for a day
+would cost Redis ~80 bytes per request. A settle for a reservation that no longer exists
 (its lease ran out, or nothing was reserved because the store was down at admission) books the
 whole cost.
 
@@ -27,7 +31,9 @@ from typing import Literal, Protocol
 
 NANOS_PER_USD = 1_000_000_000
 DEFAULT_LEASE_S = 30.0
-SETTLED_KEEP_S = 86_400  # how long a settle id is remembered, so that a late retry is not counted twice
+SETTLED_KEEP_S = 600  # how long the id of a settle that ran promptly is remembered
+LATE_SETTLED_KEEP_S = 86_400  # ...and of one that ran late, whose retry may come much later
+LATE_AFTER_S = 1.0  # a settle that ran this long after it was sent ran late
 RateKind = Literal["requests", "tokens"]
 
 
@@ -102,7 +108,7 @@ def new_ticket_id() -> str:
 class Settlement:
     """One request's booking, applied at most once by `settle` however often it is sent."""
 
-    tenant: str  # whose settle ids remember it
+    tenant: str  # whose settle ids remember it: the hash tag of the ticket's keys ("{acme}:..." -> "acme")
     ticket: Ticket
     tokens: int | None = None  # what was used, replacing the token estimates; None keeps them
     cost_nanos: int = 0  # what it cost, replacing the budget reservations (0: nothing was generated)

@@ -130,14 +130,17 @@ class SettleJournal:
         """Replay what is pending and adopt dead processes' journals, until cancelled."""
         next_adopt = 0.0
         while True:
-            if time.monotonic() >= next_adopt:
-                self._adopt_orphans()
-                next_adopt = time.monotonic() + self.adopt_every_s
-            if self.pending:
-                await self.replay()
-            if self._dirty and self._fd is not None:
-                self._dirty = False
-                await asyncio.to_thread(os.fsync, self._fd)
+            try:
+                if time.monotonic() >= next_adopt:
+                    self._adopt_orphans()
+                    next_adopt = time.monotonic() + self.adopt_every_s
+                if self.pending:
+                    await self.replay()
+                if self._dirty and self._fd is not None:
+                    self._dirty = False
+                    await asyncio.to_thread(os.fsync, self._fd)
+            except Exception:  # a bug must not stop the journal: what is pending stays pending
+                log.exception("journal: replay failed; retrying in %.0fs", self.retry_s)
             if self.pending:
                 await asyncio.sleep(self.retry_s)
             else:

@@ -41,3 +41,5 @@ class LeaseKeeper:
                 # A reservation whose lease lapses meanwhile is released; its settle then books the
                 # whole cost, so the ledger stays right either way.
                 log.debug("leases: renewal failed: %s", exc)
+            except Exception:  # a bug must not stop the renewals of every later request
+                log.exception("leases: renewal failed")

@@ -24,6 +24,10 @@ from gateway.state.base import (
     new_ticket_id,
 )
 
+# One process never retries a settle against itself (this store cannot fail), so its settle ids
+# only keep the contract; a bound keeps a busy process from holding ten minutes of them.
+MAX_SETTLED_IDS = 10_000
+
 
 def _now_us() -> int:
     return time.time_ns() // 1000
@@ -63,7 +67,8 @@ class MemoryState:
         self._ledgers: dict[str, int] = {}
         # Per ledger, its open reservations: ticket id -> (amount, lease end in µs).
         self._reservations: dict[str, dict[str, tuple[int, int]]] = {}
-        # Per tenant, the settle ids applied (oldest first), so that a repeated settle is a no-op.
+        # Per tenant, the settle ids applied and when they may be forgotten (oldest first), so that
+        # a repeated settle is a no-op. A settle here never runs late: SETTLED_KEEP_S applies.
         self._settled: dict[str, dict[str, int]] = {}
         self._ledger_expiry: dict[str, int] = {}
         self._alerted: set[str] = set()
@@ -210,13 +215,14 @@ class MemoryState:
         done = self._settled.setdefault(tenant, {})
         if settle_id in done:
             return False
-        horizon = now_us - SETTLED_KEEP_S * 1_000_000
         while done:
             oldest = next(iter(done))
-            if done[oldest] > horizon:
+            if done[oldest] > now_us:
                 break
             del done[oldest]
-        done[settle_id] = now_us
+        if len(done) >= MAX_SETTLED_IDS:
+            del done[next(iter(done))]
+        done[settle_id] = now_us + SETTLED_KEEP_S * 1_000_000
         return True
 
     def _drop_expired_ledgers(self, now_s: int) -> None:

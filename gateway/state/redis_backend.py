@@ -1,5 +1,7 @@
 """`state: redis://host:port/db`: state shared by any number of gateway processes and hosts.
 
+Also a Redis Cluster or a Sentinel-managed primary, and Valkey (gateway.state.redis_connect).
+
 Each admit, settle and lease renewal is one EVALSHA (redis-py's registered scripts fall back to EVAL on
 NOSCRIPT, e.g. after a Redis restart), so a request costs two round trips in total. Keys carry
 the tenant in a hash tag (`rg:{acme}:...`) so a tenant's keys share one Redis Cluster slot.
@@ -17,14 +19,12 @@ import time
 from collections import defaultdict
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from gateway.state.base import (
     DEFAULT_LEASE_S,
+    LATE_AFTER_S,
+    LATE_SETTLED_KEEP_S,
     SETTLED_KEEP_S,
     BudgetCheck,
     BudgetState,
@@ -36,6 +36,7 @@ from gateway.state.base import (
     Verdict,
     new_ticket_id,
 )
+from gateway.state.redis_connect import CLIENT_ERRORS, ClientOptions, close, connect, parse
 from gateway.state.scripts import ADMIT, LEDGER, RENEW, SETTLE
 
 log = logging.getLogger("rag_gateway.state")
@@ -57,22 +58,11 @@ class RedisState:
     ) -> None:
         self.url = url
         self._lease_us = int(lease_s * 1_000_000)
-        # A blocking pool caps the connections Redis sees from this process: under a burst,
-        # requests queue for a connection instead of opening thousands. Waiting for one is load,
-        # not an outage, hence its own, longer timeout than the socket's.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=pool_timeout_s,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            # One immediate retry heals a connection Redis closed. Never retry a timeout here: the
-            # script may have run. (A settle that timed out is retried from the journal, and its id
-            # makes the second run a no-op; an admit that ran unseen lapses with its lease.)
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            health_check_interval=30,
-        )
-        self._client = aioredis.Redis(connection_pool=pool)
+        # Waiting for a pooled connection is load, not an outage: hence its own, longer timeout.
+        # No retry of a timeout: the script may have run. A settle is retried from the journal
+        # (its id makes a second run a no-op); an admit that ran unseen lapses with its lease.
+        self._client = connect(url, ClientOptions(max_connections, timeout_s, pool_timeout_s))
+        self._where_text = parse(url).redacted()
         self._admit = self._client.register_script(ADMIT)
         self._settle = self._client.register_script(SETTLE)
         self._renew = self._client.register_script(RENEW)
@@ -124,7 +114,8 @@ class RedisState:
         keys: list[str] = [settled_key(settlement.tenant)]
         args: list[Any] = [
             ticket.id, ticket.at_us, len(corrections), len(ticket.budgets), "0" if record is None else "1",
-            SETTLED_KEEP_S * 1_000_000, settlement.cost_nanos,
+            settlement.cost_nanos, time.time_ns() // 1000, SETTLED_KEEP_S * 1_000_000,
+            int(LATE_AFTER_S * 1_000_000), LATE_SETTLED_KEEP_S * 1_000_000,
         ]  # fmt: skip
         for check, delta in corrections:
             keys += [f"{PREFIX}{check.key}", f"{PREFIX}{check.key}:sum"]
@@ -185,12 +176,11 @@ class RedisState:
     async def ping(self) -> bool:
         try:
             return bool(await self._client.ping())
-        except (RedisError, OSError):
+        except CLIENT_ERRORS:
             return False
 
     async def close(self) -> None:
-        await self._client.aclose()
-        await self._client.connection_pool.disconnect()
+        await close(self._client)
 
     # -- failure handling -----------------------------------------------------------------------
 
@@ -211,7 +201,7 @@ class RedisState:
             raise StateUnavailable(f"redis at {self._where()} is unreachable (retrying shortly)")
         try:
             result = await call()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except CLIENT_ERRORS as exc:
             self.failures += 1
             self._down_until = time.monotonic() + self._down_for_s
             if self._down_since is None:
@@ -228,9 +218,7 @@ class RedisState:
         return result
 
     def _where(self) -> str:
-        # Never log a password that may be part of the URL.
-        kwargs = self._client.connection_pool.connection_kwargs
-        return f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}/{kwargs.get('db', 0)}"
+        return self._where_text  # never the password that may be part of the URL
 
 
 def report_key(tenant: str, day: str) -> str:

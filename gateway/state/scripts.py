@@ -135,25 +135,28 @@ return out
 
 # KEYS: the tenant's settled ids, per token correction: window zset, total; per budget: ledger,
 #       reservations; then the report hash if any.
-# ARGV: id, at_us, n_rates, n_budgets, has_report, keep_us, cost, per rate: window_us, delta;
-#       per budget: reserved amount; report: expires_at, model, key id.
+# ARGV: id, at_us, n_rates, n_budgets, has_report, cost, sent_us (the sender's clock), keep_us,
+#       late_us, late_keep_us, per rate: window_us, delta; per budget: reserved amount;
+#       report: expires_at, model, key id.
+# Settled ids are scored by when they may be forgotten.
 # Returns 1 when applied, 0 when this id was settled before (nothing changed).
 SETTLE = r"""
 local id = ARGV[1]
 local at = tonumber(ARGV[2])
 local nr = tonumber(ARGV[3])
 local nb = tonumber(ARGV[4])
-local keep = tonumber(ARGV[6])
-local cost = tonumber(ARGV[7])
+local cost = tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local function fmt(n) return string.format('%d', n) end
 if redis.call('ZSCORE', KEYS[1], id) then return 0 end
-redis.call('ZADD', KEYS[1], fmt(now), id)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', fmt(now - keep))
-redis.call('PEXPIRE', KEYS[1], fmt(keep / 1000))
+local keep = tonumber(ARGV[8])
+if now - tonumber(ARGV[7]) > tonumber(ARGV[9]) then keep = tonumber(ARGV[10]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', fmt(now))
+redis.call('ZADD', KEYS[1], fmt(now + keep), id)
+if redis.call('PTTL', KEYS[1]) < keep / 1000 then redis.call('PEXPIRE', KEYS[1], fmt(keep / 1000)) end
 for i = 1, nr do
-  local a = 7 + (i - 1) * 2
+  local a = 10 + (i - 1) * 2
   -- Filed at the admission time, so the correction leaves the window together with the entry;
   -- once that entry has left, there is nothing to correct.
   if at > now - tonumber(ARGV[a + 1]) then
@@ -161,7 +164,7 @@ for i = 1, nr do
     redis.call('INCRBY', KEYS[2 * i + 1], ARGV[a + 2])
   end
 end
-local b = 7 + nr * 2
+local b = 10 + nr * 2
 for j = 1, nb do
   local ledger, res = KEYS[1 + 2 * nr + 2 * j - 1], KEYS[1 + 2 * nr + 2 * j]
   local amount = ARGV[b + j]
@@ -174,9 +177,9 @@ end
 if ARGV[5] == '1' then
   local r = KEYS[2 + 2 * nr + 2 * nb]
   local a = b + nb
-  redis.call('HINCRBY', r, 'm:' .. ARGV[a + 2], ARGV[7])
+  redis.call('HINCRBY', r, 'm:' .. ARGV[a + 2], ARGV[6])
   redis.call('HINCRBY', r, 'r:' .. ARGV[a + 2], 1)
-  redis.call('HINCRBY', r, 'k:' .. ARGV[a + 3], ARGV[7])
+  redis.call('HINCRBY', r, 'k:' .. ARGV[a + 3], ARGV[6])
   redis.call('EXPIREAT', r, ARGV[a + 1])
 end
 return 1
