@@ -44,6 +44,7 @@ def write_config(work: Path, upstream: str, redis_url: str) -> Path:
     deployment = {"provider": "openai_compatible", "model": "gpt-4o-mini", "api_base": f"{upstream}/v1"}
     config = {
         "server": {"admin_key_env": "SOAK_ADMIN_KEY"},
+        "policies_dir": str(work / "policies"),
         "state": redis_url,
         "ledger": {"journal_dir": str(work / "journal")},
         "retrieval": {"enabled": False},

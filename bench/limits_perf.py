@@ -120,7 +120,7 @@ async def main() -> None:
     added = statistics.median(staged) - statistics.median(bare)
     print(f"  added by the checks    p50 {added:.3f} ms (4 rate windows + 3 budgets: 1 admit + 1 settle)")
     added = statistics.median(booked) - statistics.median(bare)
-    print(f"  added by accounting    p50 {added:.3f} ms (no limits: price, count, 1 settle)")
+    print(f"  added by accounting    p50 {added:.3f} ms (no limits: price, count, a journal line; batched)")
     bare_cpu = await cpu_ms_per_request(upstream, tenant, args.requests)
     for name, handler in (("rate limit + budget", chain), ("accounting only", accounting)):
         cpu = await cpu_ms_per_request(handler, tenant, args.requests) - bare_cpu

@@ -85,7 +85,7 @@ class Gateway:
         self._watcher: asyncio.Task[None] | None = None
         self._index_watcher: asyncio.Task[None] | None = None
         self._warmup: asyncio.Task[None] | None = None
-        self._ledger_tasks: list[asyncio.Task[None]] = []  # lease renewal and the settle journal
+        self._ledger_tasks: list[asyncio.Task[None]] = []  # lease renewal
         self._startup_error: str | None = None  # what keeps the gateway from starting, in words
         self.responses = ResponsesClient(lambda: self.services.state)
         # The hot path, one entry per generating or embedding route (plain ASGI, see proxy.py).
@@ -181,10 +181,8 @@ class Gateway:
                 redacted_state(self.config.state),
             )
         self._watcher = asyncio.create_task(self.policies.watch())
-        self._ledger_tasks = [
-            asyncio.create_task(self.services.leases.run()),
-            asyncio.create_task(self.services.journal.run()),
-        ]
+        self._ledger_tasks = [asyncio.create_task(self.services.leases.run())]
+        self.services.journal.start()  # replays and batches until services.close()
         if self.services.warmup.seeds:
             self._warmup = asyncio.create_task(self.services.warmup.run(self._ingestor_for))
         if self.config.vector_store.url and self.services.retrieval is not None:

@@ -483,10 +483,10 @@ class AdmissionStage:
             self._decide_settled(ctx, model, usage, cost)
             return
         now = time.time()
-        record = (
-            SpendRecord(ctx.tenant, utc_day(now), model, ctx.key_id, int(now) + REPORT_RETENTION_S)
+        records = (
+            (SpendRecord(ctx.tenant, utc_day(now), model, ctx.key_id, int(now) + REPORT_RETENTION_S),)
             if cost is not None
-            else None
+            else ()
         )
         if ticket is not None:
             self.leases.release(ticket)
@@ -495,7 +495,7 @@ class AdmissionStage:
             ticket or Ticket.unreserved(),
             None if usage is None else usage.total_tokens,
             0 if cost is None else cost,
-            record,
+            records,
         )
         if not await self.journal.settle(settlement):
             ctx.decide(NAME, "settle_journalled", pending=len(self.journal.pending))

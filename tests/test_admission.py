@@ -463,6 +463,7 @@ class CountingState:
 
     def __init__(self, inner: StateBackend) -> None:
         self.inner = inner
+        self.batches_reports = inner.batches_reports
         self.calls: list[str] = []
 
     async def admit(self, rates: list, budgets: list) -> Any:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.state import BudgetCheck, Settlement, SpendRecord, Ticket, spend_report
+from gateway.state.base import merge_reports
 from gateway.state.journal import SettleJournal, read_lines
 from gateway.state.memory import MemoryState
 from gateway.state.redis_backend import RedisState
@@ -124,7 +125,7 @@ journal = SettleJournal(MemoryState(), Path(sys.argv[1]))
 for i in range(3):
     budget = BudgetCheck("{orphan}:usd:day", limit_nanos=10**12, amount_nanos=500, expires_at=4_000_000_000)
     record = SpendRecord("orphan", "2026-12-04", "m", "k", 4_000_000_000)
-    journal.append(Settlement("orphan", Ticket.unreserved((budget,)), cost_nanos=100 + i, record=record))
+    journal.append(Settlement("orphan", Ticket.unreserved((budget,)), cost_nanos=100 + i, records=(record,)))
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -180,7 +181,7 @@ async def test_a_live_processs_journal_is_left_alone(tmp_path: Path) -> None:
 async def test_settlements_round_trip_through_the_journal_format(tmp_path: Path) -> None:
     budget = BudgetCheck("{t}:usd", 10, 5, FAR, 8, "key k", "month", 123)
     record = SpendRecord("t", "2026-12-04", "gpt-4o", "k", FAR)
-    original = Settlement("t", Ticket("abc", 42, (), (budget,)), tokens=17, cost_nanos=3, record=record)
+    original = Settlement("t", Ticket("abc", 42, (), (budget,)), tokens=17, cost_nanos=3, records=(record,))
     journal = SettleJournal(MemoryState(), tmp_path)
     journal.append(original)
     assert read_lines(journal.path) == [original]
@@ -198,3 +199,57 @@ async def test_an_unwritable_journal_folder_keeps_settles_in_memory(tmp_path: Pa
     assert await journal.replay() == 1
     assert await state.ledger("{w}:usd") == 9
     await journal.close()
+
+
+class CountingSettles:
+    """A backend whose settles are counted (the batching saves one per request)."""
+
+    def __init__(self, inner: RedisState) -> None:
+        self.inner = inner
+        self.batches_reports = inner.batches_reports
+        self.settles = 0
+
+    async def settle(self, settlement: Settlement) -> bool:
+        self.settles += 1
+        return await self.inner.settle(settlement)
+
+    async def admit(self, *args: object) -> object:
+        return await self.inner.admit(*args)  # type: ignore[arg-type]
+
+
+async def test_requests_without_a_budget_are_booked_in_batches(
+    private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    redis = RedisState(private_redis.url)
+    counting = CountingSettles(redis)
+    admission = stage(state=counting, journal_dir=tmp_path)  # type: ignore[arg-type]
+    contexts = [make_ctx(tenant="batched", key_id=f"k{i % 2}") for i in range(60)]
+    await asyncio.gather(*(admission.handle(ctx, ok_handler()) for ctx in contexts))
+    served = sum(cost_of(ctx.response_headers) for ctx in contexts)
+
+    async def booked() -> bool:
+        report = await spend_report(redis, "batched", days=1)
+        return report["requests"] == 60 and round(report["cost_usd"] * 1e9) == served
+
+    await until(booked)
+    assert counting.settles <= 3  # one batch per tick, not 60 round trips
+    report = await spend_report(redis, "batched", days=1)
+    assert set(report["days"][0]["keys"]) == {"k0", "k1"}
+    await admission.journal.close()
+    assert files_in(tmp_path) == []
+    await redis.close()
+
+
+def test_report_lines_merge_per_tenant_day_model_and_key() -> None:
+    def line(tenant: str, model: str, key: str, cost: int) -> Settlement:
+        record = SpendRecord(tenant, "2026-12-04", model, key, FAR)
+        return Settlement(tenant, Ticket.unreserved(), cost_nanos=cost, records=(record,))
+
+    batches = merge_reports(
+        [line("a", "m", "k", 5), line("a", "m", "k", 7), line("a", "n", "k", 1), line("b", "m", "j", 2)]
+    )
+    by_tenant = {b.tenant: b for b in batches}
+    assert set(by_tenant) == {"a", "b"} and all(b.ticket.id.startswith("batch-") for b in batches)
+    lines = {(r.model, r.key_id): (r.cost_nanos, r.requests) for r in by_tenant["a"].records}
+    assert lines == {("m", "k"): (12, 2), ("n", "k"): (1, 1)}
+    assert by_tenant["a"].reports_only() and not by_tenant["a"].ticket.budgets

@@ -173,7 +173,7 @@ async def test_reserve_then_settle_with_1000_concurrent_requests(state: StateBac
         cost = random.randint(0, reserve)
         costs.append(cost)
         record = SpendRecord(t.strip("{}"), day, f"model-{i % 3}", f"key-{i % 2}", FAR)
-        await state.settle(Settlement(t.strip("{}"), verdict.ticket, cost_nanos=cost, record=record))
+        await state.settle(Settlement(t.strip("{}"), verdict.ticket, cost_nanos=cost, records=(record,)))
 
     await asyncio.gather(*(one(i) for i in range(1000)))
     assert await state.ledger(f"{t}:usd:day") == sum(costs)
@@ -272,7 +272,7 @@ async def test_a_settle_sent_twice_is_applied_once(state: StateBackend) -> None:
     verdict = await state.admit([tpm], [budget])
     assert verdict.ticket is not None
     record = SpendRecord(name, "2026-12-01", "m", "k", FAR)
-    settlement = Settlement(name, verdict.ticket, tokens=50, cost_nanos=40, record=record)
+    settlement = Settlement(name, verdict.ticket, tokens=50, cost_nanos=40, records=(record,))
     assert await state.settle(settlement) is True
     assert await state.settle(settlement) is False  # a retry of one that was applied: nothing changes
     assert await state.ledger(budget.key) == 40

@@ -106,20 +106,51 @@ def new_ticket_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """One request's booking, applied at most once by `settle` however often it is sent."""
+    """One request's booking, applied at most once by `settle` however often it is sent; or a batch
+    of report lines (many requests that had nothing else to settle), under the batch's own id."""
 
     tenant: str  # whose settle ids remember it: the hash tag of the ticket's keys ("{acme}:..." -> "acme")
     ticket: Ticket
     tokens: int | None = None  # what was used, replacing the token estimates; None keeps them
     cost_nanos: int = 0  # what it cost, replacing the budget reservations (0: nothing was generated)
-    record: SpendRecord | None = None  # the settled-spend report line (None: no known price)
+    records: tuple[SpendRecord, ...] = ()  # the settled-spend report lines (none: no known price)
+
+    def corrects_tokens(self) -> bool:
+        return self.tokens is not None and any(
+            c.kind == "tokens" and c.cost != self.tokens for c in self.ticket.rates
+        )
+
+    def reports_only(self) -> bool:
+        """Nothing to settle but report lines: no budget, no token estimate to replace. Such
+        settlements may be batched (see gateway.state.journal)."""
+        return not self.ticket.budgets and not self.corrects_tokens()
 
     def is_noop(self) -> bool:
-        ticket = self.ticket
-        corrects = self.tokens is not None and any(
-            c.kind == "tokens" and c.cost != self.tokens for c in ticket.rates
+        return self.reports_only() and not self.records
+
+
+BATCH_PREFIX = "batch-"  # the ticket id of a batch of report lines, never merged again
+
+
+def merge_reports(settlements: list[Settlement]) -> list[Settlement]:
+    """Report-only settlements as one batch per tenant, their lines added up per day, model and key."""
+    lines: dict[str, dict[tuple[str, str, str], list[int]]] = {}
+    for settlement in settlements:
+        per_tenant = lines.setdefault(settlement.tenant, {})
+        for record in settlement.records:
+            line = per_tenant.setdefault((record.day, record.model, record.key_id), [0, 0, 0])
+            line[0] += settlement.cost_nanos if record.cost_nanos is None else record.cost_nanos
+            line[1] += record.requests
+            line[2] = max(line[2], record.expires_at)
+    batches = []
+    for tenant, per_tenant in lines.items():
+        records = tuple(
+            SpendRecord(tenant, day, model, key_id, expires_at, cost, requests)
+            for (day, model, key_id), (cost, requests, expires_at) in per_tenant.items()
         )
-        return not corrects and not ticket.budgets and self.record is None
+        ticket = Ticket(BATCH_PREFIX + new_ticket_id(), 0, (), ())
+        batches.append(Settlement(tenant, ticket, records=records))
+    return batches
 
 
 @dataclass(slots=True)
@@ -134,17 +165,20 @@ class Verdict:
 
 @dataclass(frozen=True, slots=True)
 class SpendRecord:
-    """Settled spend for the admin report: by UTC day, model and key."""
+    """A line of settled spend for the admin report: by UTC day, model and key."""
 
     tenant: str
     day: str  # YYYY-MM-DD
     model: str
     key_id: str
     expires_at: int
+    cost_nanos: int | None = None  # None: the settlement's cost
+    requests: int = 1
 
 
 class StateBackend(Protocol):
     name: str
+    batches_reports: bool  # report-only settlements are worth batching (a network round trip each)
 
     async def admit(self, rates: list[RateCheck], budgets: list[BudgetCheck]) -> Verdict:
         """Check every limit and reserve every budget in one atomic step (all or nothing)."""

@@ -1,4 +1,5 @@
-"""The settle journal: settlements the state store did not take, kept on disk until it does.
+"""The settle journal: settlements the state store did not take, kept on disk until it does, and
+the batches of report lines of requests that had nothing else to settle.
 
 A settle that meets an unreachable or frozen store is appended to this process's journal file
 (one JSON line, one `write` to an O_APPEND descriptor, so it survives the process being killed the
@@ -12,6 +13,12 @@ lives. A journal whose lock is free belongs to a process that died: the first li
 notice (at start-up, then every `adopt_every_s`) takes its entries over and removes it. So a
 replica killed with SIGKILL has its unsettled spend booked by its successor, or by any other
 replica sharing the directory.
+
+Batches: on a store where each settle is a network round trip (Redis), a request with no budget
+and no token limit has only report lines to book. It is appended like a failed settle (so a kill
+loses none) and every `batch_s` all such lines are merged into one settlement per tenant under a
+batch id, written back to the file, then sent: one round trip per tenant and tick instead of one
+per request. The spend report lags by up to `batch_s`; budgets and limits are never batched.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any
 import orjson
 
 from gateway.state.base import (
+    BATCH_PREFIX,
     BudgetCheck,
     RateCheck,
     Settlement,
@@ -37,6 +45,7 @@ from gateway.state.base import (
     StateBackend,
     StateUnavailable,
     Ticket,
+    merge_reports,
 )
 
 log = logging.getLogger("rag_gateway.state")
@@ -49,7 +58,6 @@ def encode(settlement: Settlement) -> bytes:
 def decode(line: bytes) -> Settlement:
     raw: dict[str, Any] = orjson.loads(line)
     ticket = raw["ticket"]
-    record = raw.get("record")
     return Settlement(
         tenant=raw["tenant"],
         ticket=Ticket(
@@ -60,8 +68,12 @@ def decode(line: bytes) -> Settlement:
         ),
         tokens=raw.get("tokens"),
         cost_nanos=raw.get("cost_nanos", 0),
-        record=SpendRecord(**record) if record else None,
+        records=tuple(SpendRecord(**r) for r in raw.get("records", ())),
     )
+
+
+def _mergeable(settlement: Settlement) -> bool:
+    return settlement.reports_only() and not settlement.ticket.id.startswith(BATCH_PREFIX)
 
 
 def read_lines(path: Path) -> list[Settlement]:
@@ -89,11 +101,13 @@ class SettleJournal:
         *,
         retry_s: float = 1.0,
         adopt_every_s: float = 10.0,
+        batch_s: float = 0.1,
     ) -> None:
         self.state = state
         self.directory = directory
         self.retry_s = retry_s
         self.adopt_every_s = adopt_every_s
+        self.batch_s = batch_s
         self.pending: list[Settlement] = []
         self.replayed = 0  # settlements booked from the journal (for metrics and tests)
         name = f"settle-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -103,28 +117,41 @@ class SettleJournal:
         self._lock_fd: int | None = None
         self._dirty = False  # written since the last fsync
         self._unwritable: str | None = None  # why the folder cannot be written (said once)
+        self._failing = False  # the store has refused a settle since the last full replay
         self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
 
     # -- the request path -------------------------------------------------------------------------
 
     async def settle(self, settlement: Settlement) -> bool:
-        """Settle now; if the store cannot take it, journal it for a retry. True when settled now."""
+        """Settle now (or batch it); if the store cannot take it, journal it for a retry. False when
+        it was journalled because the store failed."""
+        if self.state.batches_reports and settlement.reports_only():
+            self.append(settlement)
+            self.start()  # a batch needs the loop that sends it
+            return True
         try:
             await self.state.settle(settlement)
             return True
         except StateUnavailable:
+            if not self._failing:
+                self._failing = True
+                log.warning("journal: the state store did not take a settlement; journalling to %s until it "
+                            "does", self.path)  # fmt: skip
             self.append(settlement)
             return False
 
     def append(self, settlement: Settlement) -> None:
-        if not self.pending:
-            log.warning("journal: the state store did not take a settlement; journalling to %s until it does",
-                        self.path)  # fmt: skip
         self.pending.append(settlement)
         self._write(encode(settlement))
         self._wake.set()
 
     # -- the background task ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the replay loop on the running event loop (at start-up: adopt dead processes' files)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self.run())
 
     async def run(self) -> None:
         """Replay what is pending and adopt dead processes' journals, until cancelled."""
@@ -141,20 +168,24 @@ class SettleJournal:
                     await asyncio.to_thread(os.fsync, self._fd)
             except Exception:  # a bug must not stop the journal: what is pending stays pending
                 log.exception("journal: replay failed; retrying in %.0fs", self.retry_s)
-            if self.pending:
+            if self.pending:  # the store did not take everything: retry later
                 await asyncio.sleep(self.retry_s)
-            else:
-                self._wake.clear()  # idle: the next append wakes the loop
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.adopt_every_s)
+                continue
+            self._wake.clear()  # idle: the next append wakes the loop
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.adopt_every_s)
+            if self.pending:
+                await asyncio.sleep(self.batch_s)  # let a batch gather
 
     async def replay(self) -> int:
         """Send the pending settlements in order until the store fails; how many it took."""
+        self._merge_batches()
         done = 0
         for settlement in list(self.pending):
             try:
                 await self.state.settle(settlement)
             except StateUnavailable:
+                self._failing = True
                 break
             done += 1
         if done:
@@ -163,12 +194,30 @@ class SettleJournal:
             self.replayed += done
             if self._fd is not None:
                 self._rewrite()
-            log.info("journal: booked %d settlement(s) the state store missed; %d pending",
-                     done, len(self.pending))  # fmt: skip
+        if self._failing and not self.pending:
+            self._failing = False
+            log.warning("journal: the state store takes settlements again; nothing left to replay")
         return done
+
+    def _merge_batches(self) -> None:
+        """Report-only entries (not batches already) as one batch per tenant, written to the file
+        before it is sent: a retry then sends the same batch id, never the lines again."""
+        if not self.state.batches_reports:
+            return
+        lines = [s for s in self.pending if _mergeable(s)]
+        if len(lines) < 2:
+            return  # one line is sent as it is, under its own id
+        self.pending[:] = [s for s in self.pending if not _mergeable(s)] + merge_reports(lines)
+        if self._fd is not None:
+            self._rewrite()
 
     async def close(self) -> None:
         """One last replay; what the store still cannot take stays on disk for the next process."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
         if self.pending:
             await self.replay()
             if self.pending:

@@ -59,6 +59,7 @@ class _Window:
 
 class MemoryState:
     name = "memory"
+    batches_reports = False  # a settle here is a few dict updates
 
     def __init__(self, clock_us: Callable[[], int] = _now_us, lease_s: float = DEFAULT_LEASE_S) -> None:
         self._clock = clock_us
@@ -151,13 +152,12 @@ class MemoryState:
             if delta:
                 self._ledgers[budget.key] = self._ledgers.get(budget.key, 0) + delta
                 self._ledger_expiry.setdefault(budget.key, budget.expires_at)
-        record = settlement.record
-        if record is not None:
+        for record in settlement.records:
             report = self._reports.setdefault(f"{record.tenant}:{record.day}", {})
-            cost = settlement.cost_nanos
+            cost = settlement.cost_nanos if record.cost_nanos is None else record.cost_nanos
             for name, amount in (
                 (f"m:{record.model}", cost),
-                (f"r:{record.model}", 1),
+                (f"r:{record.model}", record.requests),
                 (f"k:{record.key_id}", cost),
             ):
                 report[name] = report.get(name, 0) + amount

@@ -45,6 +45,7 @@ PREFIX = "rg:"
 
 class RedisState:
     name = "redis"
+    batches_reports = True  # one round trip saved per request without a budget
 
     def __init__(
         self,
@@ -105,7 +106,7 @@ class RedisState:
     async def settle(self, settlement: Settlement) -> bool:
         if settlement.is_noop():
             return True
-        ticket, tokens, record = settlement.ticket, settlement.tokens, settlement.record
+        ticket, tokens = settlement.ticket, settlement.tokens
         corrections = (
             [(c, tokens - c.cost) for c in ticket.rates if c.kind == "tokens" and tokens != c.cost]
             if tokens is not None
@@ -113,7 +114,7 @@ class RedisState:
         )
         keys: list[str] = [settled_key(settlement.tenant)]
         args: list[Any] = [
-            ticket.id, ticket.at_us, len(corrections), len(ticket.budgets), "0" if record is None else "1",
+            ticket.id, ticket.at_us, len(corrections), len(ticket.budgets), len(settlement.records),
             settlement.cost_nanos, time.time_ns() // 1000, SETTLED_KEEP_S * 1_000_000,
             int(LATE_AFTER_S * 1_000_000), LATE_SETTLED_KEEP_S * 1_000_000,
         ]  # fmt: skip
@@ -123,9 +124,10 @@ class RedisState:
         for budget in ticket.budgets:
             keys += [f"{PREFIX}{budget.key}", reservations_key(budget.key)]
             args.append(budget.amount_nanos)
-        if record is not None:
+        for record in settlement.records:
             keys.append(report_key(record.tenant, record.day))
-            args += [record.expires_at, record.model, record.key_id]
+            cost = settlement.cost_nanos if record.cost_nanos is None else record.cost_nanos
+            args += [record.expires_at, record.model, record.key_id, cost, record.requests]
         return bool(await self._run(self._settle, keys, args))
 
     async def renew(self, tickets: list[Ticket]) -> None:

@@ -134,10 +134,10 @@ return out
 )
 
 # KEYS: the tenant's settled ids, per token correction: window zset, total; per budget: ledger,
-#       reservations; then the report hash if any.
-# ARGV: id, at_us, n_rates, n_budgets, has_report, cost, sent_us (the sender's clock), keep_us,
+#       reservations; per report line: its day's report hash.
+# ARGV: id, at_us, n_rates, n_budgets, n_lines, cost, sent_us (the sender's clock), keep_us,
 #       late_us, late_keep_us, per rate: window_us, delta; per budget: reserved amount;
-#       report: expires_at, model, key id.
+#       per report line: expires_at, model, key id, cost, requests.
 # Settled ids are scored by when they may be forgotten.
 # Returns 1 when applied, 0 when this id was settled before (nothing changed).
 SETTLE = r"""
@@ -174,12 +174,12 @@ for j = 1, nb do
   if redis.call('ZREM', res, id .. ':' .. amount) == 1 then delta = cost - tonumber(amount) end
   if delta ~= 0 then redis.call('INCRBY', ledger, fmt(delta)) end
 end
-if ARGV[5] == '1' then
-  local r = KEYS[2 + 2 * nr + 2 * nb]
-  local a = b + nb
-  redis.call('HINCRBY', r, 'm:' .. ARGV[a + 2], ARGV[6])
-  redis.call('HINCRBY', r, 'r:' .. ARGV[a + 2], 1)
-  redis.call('HINCRBY', r, 'k:' .. ARGV[a + 3], ARGV[6])
+for k = 1, tonumber(ARGV[5]) do
+  local r = KEYS[1 + 2 * nr + 2 * nb + k]
+  local a = b + nb + (k - 1) * 5
+  redis.call('HINCRBY', r, 'm:' .. ARGV[a + 2], ARGV[a + 4])
+  redis.call('HINCRBY', r, 'r:' .. ARGV[a + 2], ARGV[a + 5])
+  redis.call('HINCRBY', r, 'k:' .. ARGV[a + 3], ARGV[a + 4])
   redis.call('EXPIREAT', r, ARGV[a + 1])
 end
 return 1
