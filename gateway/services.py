@@ -87,6 +87,20 @@ class Services:
             self.retrieval.close()
 
 
+def provider_embedding_model(config: GatewayConfig) -> str | None:
+    """The public name of retrieval's embedding model when a provider serves it (each query is then
+    a paid call on the tenant's behalf); None for the bundled model."""
+    name = config.retrieval.embedding_model
+    configured = config.model(name)
+    if (
+        configured is not None
+        and configured.mode == "embedding"
+        and configured.deployments[0].provider != "local"
+    ):
+        return name
+    return None
+
+
 def load_embedder(model: str = "minilm", config: GatewayConfig | None = None) -> Embedder:
     """The bundled model, or a provider embedding model named by its public name in gateway.yaml."""
     configured = config.model(model) if config is not None else None

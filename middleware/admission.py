@@ -30,6 +30,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.chain import Handler
@@ -42,7 +43,8 @@ from gateway.protocols.facts import AnswerFacts
 from gateway.protocols.model import CompletionBuilder, Events, Usage
 from gateway.protocols.sse import iter_events
 from gateway.response import GatewayResponse
-from gateway.services import Services
+from gateway.retrieval.rerank import worst_case_tokens as rerank_worst_case
+from gateway.services import Services, provider_embedding_model
 from gateway.state.base import (
     BudgetCheck,
     BudgetState,
@@ -152,6 +154,29 @@ def state_unavailable() -> GatewayError:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class SideModel:
+    """A call the chain may make on the tenant's behalf (a reranker, a provider embedder), reserved
+    with the request: the prompt (which holds the query) plus these tokens."""
+
+    model: str
+    extra_input_tokens: int
+    output_tokens: int
+
+
+def side_models(policy: Policy, services: Services) -> tuple[SideModel, ...]:
+    if not policy.retrieval.enabled:
+        return ()
+    models = []
+    rerank = policy.retrieval.rerank
+    if rerank.model:
+        models.append(SideModel(rerank.model, *rerank_worst_case(rerank.candidates)))
+    embedding = provider_embedding_model(services.config)
+    if embedding is not None:
+        models.append(SideModel(embedding, 0, 0))
+    return tuple(models)
+
+
 class Admitted:
     """What the admit reserved for one request, and whether it has been settled."""
 
@@ -175,8 +200,10 @@ class AdmissionStage:
         pricing: Pricing,
         leases: LeaseKeeper,
         journal: SettleJournal,
+        side: tuple[SideModel, ...] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.side = side
         self.rate = rate if rate.enabled else None
         self.budget = budget if budget.enabled else None
         self.state = state
@@ -208,7 +235,11 @@ class AdmissionStage:
             return self.pricing.cost_nanos(ctx.model, prompt, 0)
         default = self.budget.default_max_output_tokens if self.budget is not None else 4096
         most_out = self.pricing.max_output_tokens(ctx.model, ctx.request, default)
-        return self.pricing.cost_nanos(ctx.model, prompt, most_out)
+        side = sum(
+            self.pricing.cost_nanos(m.model, prompt + m.extra_input_tokens, m.output_tokens)
+            for m in self.side
+        )
+        return self.pricing.cost_nanos(ctx.model, prompt, most_out) + side
 
     def rate_checks(self, ctx: RequestContext, admitted: Admitted) -> list[RateCheck]:
         s = self.rate
@@ -513,5 +544,6 @@ class AdmissionStage:
 def build(policy: Policy, services: Services) -> AdmissionStage:
     """Always built: accounting runs for every tenant, limits and budgets where the policy has them."""
     return AdmissionStage(
-        policy.rate_limit, policy.budget, services.state, services.pricing, services.leases, services.journal
-    )
+        policy.rate_limit, policy.budget, services.state, services.pricing, services.leases, services.journal,
+        side_models(policy, services),
+    )  # fmt: skip

@@ -19,10 +19,11 @@ import orjson
 from opentelemetry.trace import Tracer
 
 from gateway.chain import Handler
-from gateway.context import RequestContext
+from gateway.context import RequestContext, SideCall
 from gateway.errors import EmbeddingUnavailable, GatewayError, VectorStoreUnavailable
 from gateway.policy import Policy, RetrievalPolicy
-from gateway.protocols.model import Citations, Events
+from gateway.pricing import Pricing
+from gateway.protocols.model import Citations, Events, Usage
 from gateway.protocols.request import text_of
 from gateway.response import GatewayResponse
 from gateway.retrieval.conflicts import ConflictGroup, find_conflicts, newest
@@ -31,7 +32,7 @@ from gateway.retrieval.rerank import llm_rerank
 from gateway.retrieval.service import RetrievalService
 from gateway.retrieval.tokens import TokenCounter
 from gateway.retrieval.warmup import CorpusWarmup
-from gateway.services import Services
+from gateway.services import Services, provider_embedding_model
 from gateway.upstreams.router import Router
 from middleware.input_guardrails import ChunkScreen, chunk_screen
 
@@ -180,6 +181,18 @@ async def with_citations(events: Events, citations: list[dict[str, Any]]) -> Eve
     yield Citations(citations)
 
 
+@dataclass(frozen=True, slots=True)
+class QueryCost:
+    """The query's embedding call when a provider serves the embedding model: its tokens, counted
+    with the model's tokenizer (the embedder does not report usage), priced by admission."""
+
+    model: str
+    pricing: Pricing
+
+    def of(self, query: str) -> SideCall:
+        return SideCall(self.model, Usage(self.pricing.count_text(self.model, query), 0))
+
+
 class RetrievalStage:
     name = NAME
 
@@ -192,8 +205,10 @@ class RetrievalStage:
         router: Router | None = None,
         screen: ChunkScreen | None = None,
         warmup: CorpusWarmup | None = None,
+        query_cost: QueryCost | None = None,
     ) -> None:
         self.settings = settings
+        self.query_cost = query_cost  # a provider embeds each query: booked to the tenant
         self.warmup = warmup  # seed corpora still being built: their tenants wait
         self.service = service
         self.counter = counter
@@ -280,6 +295,8 @@ class RetrievalStage:
             result = await self.search(ctx, query)
         except (VectorStoreUnavailable, EmbeddingUnavailable) as exc:
             raise retrieval_failure(ctx, exc) from exc
+        if self.query_cost is not None:
+            ctx.side_calls.append(self.query_cost.of(query))
         ranked = result.hits
         if settings.rerank.model and self.router is not None:
             ranked = await llm_rerank(self.router, ctx, settings.rerank.model, query, ranked)
@@ -357,6 +374,9 @@ def build(policy: Policy, services: Services) -> RetrievalStage | None:
     if service is None or counter is None:
         raise RuntimeError("retrieval is enabled in a policy but the retrieval service is not configured")
     tracer = services.tracing.tracer if services.tracing is not None else None
+    embedding_model = provider_embedding_model(services.config)
+    query_cost = QueryCost(embedding_model, services.pricing) if embedding_model is not None else None
     return RetrievalStage(
-        policy.retrieval, service, counter, tracer, services.router, chunk_screen(policy), services.warmup
-    )
+        policy.retrieval, service, counter, tracer, services.router, chunk_screen(policy), services.warmup,
+        query_cost,
+    )  # fmt: skip

@@ -20,12 +20,12 @@ import pytest
 
 from gateway.chain import Handler
 from gateway.config import DeploymentConfig, GatewayConfig, ModelConfig
-from gateway.context import RequestContext
+from gateway.context import RequestContext, SideCall
 from gateway.errors import GatewayError
 from gateway.policy import Policy
 from gateway.pricing import PriceOverride, Pricing
 from gateway.protocols import chat
-from gateway.protocols.model import Choice, Completion
+from gateway.protocols.model import Choice, Completion, Usage
 from gateway.protocols.sse import DONE_EVENT, encode_event, event_data, iter_events
 from gateway.response import GatewayResponse
 from gateway.state import StateBackend, make_state, spend_report
@@ -33,7 +33,7 @@ from gateway.state.journal import SettleJournal
 from gateway.state.leases import LeaseKeeper
 from gateway.state.memory import MemoryState
 from gateway.state.settings import BudgetPolicy, ModelRateLimit, RateLimitPolicy
-from middleware.admission import AdmissionStage, format_duration
+from middleware.admission import AdmissionStage, SideModel, format_duration
 
 IN, OUT = 1.5e-7, 6e-7  # gpt-4o-mini in litellm's bundled price map, USD per token
 
@@ -507,3 +507,30 @@ def test_settings_validate() -> None:
         RateLimitPolicy(rpm=0)
     with pytest.raises(ValueError):
         BudgetPolicy(surprise=1)  # type: ignore[call-arg]
+
+
+async def test_calls_made_on_the_tenants_behalf_are_reserved_and_booked() -> None:
+    """A reranker's worst case is reserved with the request, and what it used is booked with it."""
+    budget = BudgetPolicy(enabled=True, daily_usd=1)
+    plain = stage(budget=budget)
+    reranked = AdmissionStage(
+        RateLimitPolicy(), budget, MemoryState(), pricing(), LeaseKeeper(MemoryState(), 30), plain.journal,
+        (SideModel("cheap", 12_000, 200),),
+    )  # fmt: skip
+    ctx_plain, ctx_side = make_ctx(max_tokens=10), make_ctx(max_tokens=10)
+    await plain.handle(ctx_plain, ok_handler())
+
+    async def answer_after_a_rerank(ctx: RequestContext) -> GatewayResponse:
+        ctx.side_calls.append(SideCall("cheap", Usage(3000, 20)))
+        return await ok_handler()(ctx)
+
+    await reranked.handle(ctx_side, answer_after_a_rerank)
+    reserved = [
+        d.detail["reserved_nanos"]
+        for ctx in (ctx_plain, ctx_side)
+        for d in ctx.decisions
+        if d.action == "allow"
+    ]
+    prompt = pricing().count_prompt("gpt-4o-mini", ctx_side.request.body)
+    assert reserved[1] - reserved[0] == round((prompt + 12_000) * 1e-7 * 1e9 + 200 * 2e-7 * 1e9)
+    assert ctx_side.cost_nanos - ctx_plain.cost_nanos == round(3000 * 1e-7 * 1e9 + 20 * 2e-7 * 1e9)

@@ -16,6 +16,7 @@ import yaml
 
 from gateway.app import create_app
 from gateway.config import load_config
+from gateway.pricing import Pricing
 from tests.conftest import (
     ACME_KEY,
     OTHER_KEY,
@@ -23,6 +24,7 @@ from tests.conftest import (
     MockServer,
     RunningGateway,
     ServerThread,
+    update_yaml,
     write_gateway_files,
 )
 
@@ -297,6 +299,14 @@ def test_provider_embedding_model_through_the_upstream_config(
     config_path = write_gateway_files(
         tmp_path, upstream.base, retrieval={"enabled": True, "embedding_model": "embed-mock"}
     )
+    # Priced, so that the query's embedding call shows in the request's cost.
+    update_yaml(
+        config_path,
+        pricing={
+            "gpt-mock": {"input_per_1k": 1.0, "output_per_1k": 2.0},
+            "embed-mock": {"input_per_1k": 10.0, "output_per_1k": 0.0},
+        },
+    )
     acme = tmp_path / "policies" / "acme.yaml"
     data = yaml.safe_load(acme.read_text())
     data["retrieval"] = retrieval_policy(min_confidence=0.0)
@@ -311,10 +321,16 @@ def test_provider_embedding_model_through_the_upstream_config(
             json={"documents": [{"name": n, "content": c} for n, c in DOCS.items()]},
         )
         assert upload.status_code == 200, upload.text
-        response = ask(gateway, "How much does a resident parking permit cost?")
+        question = "How much does a resident parking permit cost?"
+        response = ask(gateway, question)
         assert response.json()["citations"][0]["source"] == "parking.md"
         paths = [r["path"] for r in upstream.requests()]
         assert paths.count("/v1/embeddings") >= 2  # the documents, then the query
+        # The query's embedding is a paid call on acme's behalf: booked with the request.
+        query_tokens = Pricing(load_config(config_path)).count_text("embed-mock", question)
+        chat_nanos = 10 * 1_000_000 + 6 * 2_000_000  # the mock's usage at $1 / $2 per 1k tokens
+        cost = round(float(response.headers["x-gateway-cost-usd"]) * 1e9)
+        assert query_tokens > 0 and cost == chat_nanos + query_tokens * 10_000_000
 
         # The embedding provider fails: a clear 502 and no chat model call, not a 500.
         upstream.script("e", "status:500")

@@ -22,6 +22,13 @@ PROMPT = (
 )
 NUMBER_RE = re.compile(r"\d+")
 PASSAGE_CHARS = 1200  # enough of a ~240-token chunk to judge it, bounded cost
+RERANK_MAX_TOKENS = 200
+
+
+def worst_case_tokens(candidates: int) -> tuple[int, int]:
+    """The most a rerank call may take beyond the question (input, output), for the budget's
+    reservation: every passage at 2 characters a token (text is rarely denser), plus the prompt."""
+    return candidates * (PASSAGE_CHARS // 2) + len(PROMPT) // 2, RERANK_MAX_TOKENS
 
 
 def rerank_order(answer: str, count: int) -> list[int] | None:
@@ -43,7 +50,7 @@ async def llm_rerank(
     body = {
         "model": model,
         "temperature": 0,
-        "max_tokens": 200,
+        "max_tokens": RERANK_MAX_TOKENS,
         "messages": [{"role": "user", "content": PROMPT.format(query=query, passages=passages)}],
     }
     rerank_ctx = RequestContext.internal(ctx.policy, body, f"{ctx.request_id}-rerank", ctx.key_id)
