@@ -21,7 +21,7 @@ from gateway.admin import ingest_documents, reindex_tenant, tenant_spend
 from gateway.chain import Handler, compose
 from gateway.config import DEFAULT_DEMO_KEY, DEMO_KEY_ENV, GatewayConfig, load_config
 from gateway.edge import ChatClient, EmbeddingsClient, ModelKind
-from gateway.errors import GatewayError, VectorStoreUnavailable
+from gateway.errors import GatewayError, PoliciesNotApplicable, VectorStoreUnavailable
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.observability import Observability
 from gateway.policy import Policy, PolicySnapshot, PolicyStore, RetrievalPolicy, hash_key, unknown_models
@@ -148,7 +148,7 @@ class Gateway:
     async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
         try:
             await self.start()
-        except VectorStoreUnavailable as exc:
+        except (VectorStoreUnavailable, PoliciesNotApplicable) as exc:
             self._startup_error = str(exc)
             raise
         try:

@@ -24,6 +24,13 @@ class VectorStoreUnavailable(RuntimeError):
     """
 
 
+class PoliciesNotApplicable(RuntimeError):
+    """A policy asks for something gateway.yaml does not provide; the message names both settings.
+
+    At start-up the gateway says so in one line and exits; on a hot reload the last good policies
+    stay in force."""
+
+
 class EmbeddingUnavailable(RuntimeError):
     """A provider embedding model failed on every deployment; the message names them (no secrets)."""
 

@@ -20,7 +20,7 @@ from opentelemetry.trace import Tracer
 
 from gateway.chain import Handler
 from gateway.context import RequestContext, SideCall
-from gateway.errors import EmbeddingUnavailable, GatewayError, VectorStoreUnavailable
+from gateway.errors import EmbeddingUnavailable, GatewayError, PoliciesNotApplicable, VectorStoreUnavailable
 from gateway.policy import Policy, RetrievalPolicy
 from gateway.pricing import Pricing
 from gateway.protocols.model import Citations, Events, Usage
@@ -372,7 +372,10 @@ def build(policy: Policy, services: Services) -> RetrievalStage | None:
         return None
     service, counter = services.retrieval, services.token_counter
     if service is None or counter is None:
-        raise RuntimeError("retrieval is enabled in a policy but the retrieval service is not configured")
+        raise PoliciesNotApplicable(
+            f"tenant {policy.tenant!r} turns retrieval on (retrieval.enabled: true in its policy), but "
+            "gateway.yaml has retrieval.enabled: false: remove one of the two"
+        )
     tracer = services.tracing.tracer if services.tracing is not None else None
     embedding_model = provider_embedding_model(services.config)
     query_cost = QueryCost(embedding_model, services.pricing) if embedding_model is not None else None

@@ -19,6 +19,7 @@ from tests.conftest import (
     MockServer,
     RunningGateway,
     free_port,
+    update_yaml,
     write_gateway_files,
 )
 
@@ -189,3 +190,20 @@ def test_metrics_add_up_every_worker(tmp_path: Path, upstream: MockServer) -> No
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_policy_asking_for_retrieval_that_gateway_yaml_turns_off_stops_start_up_plainly(
+    tmp_path: Path, upstream: MockServer
+) -> None:
+    config_path = write_gateway_files(tmp_path, upstream.base, retrieval={"enabled": False})
+    update_yaml(tmp_path / "policies" / "acme.yaml", retrieval={"enabled": True})
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config_path), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+    )
+    assert proc.returncode != 0
+    assert "rag-gateway cannot start: tenant 'acme' turns retrieval on" in proc.stderr, proc.stderr
+    assert "retrieval.enabled: false" in proc.stderr and "Traceback" not in proc.stderr
