@@ -56,6 +56,17 @@ def spawn_gateway(
     return server, f"http://127.0.0.1:{port}"
 
 
+def serve_expecting_exit(config_path: Path, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    """`rag-gateway serve` for a config that must not start: its exit, with stdout and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config_path), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+    )
+
+
 def wait_until_answering(server: subprocess.Popen, url: str, timeout_s: float = 60) -> None:
     """Poll `url` until it answers 200; fail if the process exits or the deadline passes."""
     deadline = time.monotonic() + timeout_s

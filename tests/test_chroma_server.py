@@ -18,7 +18,7 @@ from gateway.retrieval.embedder import make_embedder
 from gateway.retrieval.index import IndexStore, make_chroma_client
 from gateway.retrieval.reindex import reindex
 from gateway.retrieval.types import Chunk
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_expecting_exit
 
 # The chromadb package installs `chroma` next to the interpreter; `make test` does not put the
 # venv's bin/ on PATH, so look there first.
@@ -213,17 +213,10 @@ def test_a_chroma_outage_answers_503_and_heals(tmp_path: Path, upstream, monkeyp
 def test_start_up_without_the_chroma_server_fails_with_a_plain_message(
     tmp_path: Path, upstream, monkeypatch
 ) -> None:
-    import os
 
     config_path = gateway_on_chroma(tmp_path, upstream, monkeypatch, f"http://127.0.0.1:{free_port()}", 0.5)
     started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config_path), "--port", str(free_port())],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
-    )
+    proc = serve_expecting_exit(config_path)
     assert proc.returncode != 0
     assert "rag-gateway cannot start: the Chroma server at http://127.0.0.1:" in proc.stderr, proc.stderr
     assert "vector_store.url" in proc.stderr and "Traceback" not in proc.stderr

@@ -19,6 +19,7 @@ from tests.conftest import (
     MockServer,
     RunningGateway,
     free_port,
+    serve_expecting_exit,
     update_yaml,
     write_gateway_files,
 )
@@ -197,13 +198,7 @@ def test_a_policy_asking_for_retrieval_that_gateway_yaml_turns_off_stops_start_u
 ) -> None:
     config_path = write_gateway_files(tmp_path, upstream.base, retrieval={"enabled": False})
     update_yaml(tmp_path / "policies" / "acme.yaml", retrieval={"enabled": True})
-    proc = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config_path), "--port", str(free_port())],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
-    )
+    proc = serve_expecting_exit(config_path)
     assert proc.returncode != 0
     assert "rag-gateway cannot start: tenant 'acme' turns retrieval on" in proc.stderr, proc.stderr
     assert "retrieval.enabled: false" in proc.stderr and "Traceback" not in proc.stderr
