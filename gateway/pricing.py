@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.heap import release_freed_memory
 from gateway.protocols.model import Usage
 from gateway.state.base import NANOS_PER_USD
 
@@ -137,6 +138,11 @@ def _tiktoken_counter(encoding: str) -> Counter:
 
     with _tokenizer_lock:
         enc = tiktoken.get_encoding(encoding)
+        # The Encoding keeps its Python rank dict (200k byte strings, ~30 MB for o200k) beside the
+        # Rust tables that encode; only pickling a non-registered encoding reads it, and this one is
+        # registered (pickled by name). Counting needs the Rust side only.
+        enc._mergeable_ranks = {}
+        release_freed_memory()
     return lambda text: len(enc.encode_ordinary(text))
 
 

@@ -8,7 +8,6 @@ Every file gets a line in the report: added, updated, unchanged, deleted, skippe
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gateway.heap import release_freed_memory
 from gateway.retrieval.chunking import ChunkingConfig
 from gateway.retrieval.embedder import Embedder
 from gateway.retrieval.index import TenantIndex
@@ -29,15 +29,6 @@ from gateway.retrieval.types import Chunk, ParsedFile
 log = logging.getLogger("rag_gateway.ingest")
 EMBED_BATCH_CHUNKS = 256  # chunks per write: bounds memory and makes progress visible
 EMBED_SLICE_CHUNKS = 32  # chunks per embedder call: how long a stop waits at most
-
-
-def release_freed_memory() -> None:
-    """Hand the heap an ingest freed back to the OS (glibc keeps it per thread arena otherwise:
-    parsed documents and embedding batches left the serving process ~40 MB larger for good)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
-        pass
 
 
 @dataclass(slots=True)
