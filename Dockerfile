@@ -13,9 +13,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     LITELLM_LOCAL_MODEL_COST_MAP=True \
     HF_HUB_OFFLINE=1
-# /data/journal: settlements waiting for Redis (ledger.journal_dir in deploy/gateway.yaml); a volume
-# mounted there starts out owned by the gateway user because the folder exists in the image.
-RUN useradd --create-home --uid 10001 gateway && mkdir -p /data/journal && chown -R gateway /data
+# /data/journal (settlements waiting for Redis) and /data/files (uploads), as deploy/gateway.yaml
+# sets them: a volume mounted there starts out owned by the gateway user, the folder being in the image.
+RUN useradd --create-home --uid 10001 gateway && mkdir -p /data/journal /data/files && chown -R gateway /data
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 # The embedded defaults keep their vector store under ./.data: the workdir must be writable.

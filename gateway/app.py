@@ -21,7 +21,8 @@ from gateway.admin import ingest_documents, reindex_tenant, tenant_spend
 from gateway.chain import Handler, compose
 from gateway.config import DEFAULT_DEMO_KEY, DEMO_KEY_ENV, GatewayConfig, load_config
 from gateway.edge import ChatClient, EmbeddingsClient, ModelKind
-from gateway.errors import GatewayError, PoliciesNotApplicable, VectorStoreUnavailable
+from gateway.errors import GatewayError, PoliciesNotApplicable, VectorStoreUnavailable, error_response
+from gateway.files_api import install as install_files_api
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.observability import Observability
 from gateway.policy import Policy, PolicySnapshot, PolicyStore, RetrievalPolicy, hash_key, unknown_models
@@ -59,12 +60,6 @@ def demo_policy() -> Policy:
     )
 
 
-def error_response(error: GatewayError) -> Response:
-    return Response(
-        error.body(), status_code=error.status, media_type="application/json", headers=error.headers
-    )
-
-
 class Gateway:
     """Owns the config, the policy store, the shared services and each tenant's composed chain."""
 
@@ -88,6 +83,7 @@ class Gateway:
         self._ledger_tasks: list[asyncio.Task[None]] = []  # lease renewal
         self._startup_error: str | None = None  # what keeps the gateway from starting, in words
         self.responses = ResponsesClient(lambda: self.services.state)
+        self.files = install_files_api(self)
         # The hot path, one entry per generating or embedding route (plain ASGI, see proxy.py).
         self._fast_routes = {
             "/v1/chat/completions": ProtocolEndpoint(self, ChatClient()),
@@ -107,6 +103,11 @@ class Gateway:
                 Route("/v1/responses/{response_id}", self.get_response, methods=["GET"]),
                 Route("/v1/responses/{response_id}", self.delete_response, methods=["DELETE"]),
                 Route("/v1/responses/{response_id}/input_items", self.response_input_items, methods=["GET"]),
+                Route("/v1/files", self.files.create, methods=["POST"]),
+                Route("/v1/files", self.files.list, methods=["GET"]),
+                Route("/v1/files/{file_id}", self.files.retrieve, methods=["GET"]),
+                Route("/v1/files/{file_id}", self.files.delete, methods=["DELETE"]),
+                Route("/v1/files/{file_id}/content", self.files.content, methods=["GET"]),
                 Route("/admin/tenants/{tenant}/documents", self.admin_documents, methods=["POST"]),
                 Route("/admin/tenants/{tenant}/reindex", self.admin_reindex, methods=["POST"]),
                 Route("/admin/tenants/{tenant}/spend", self.admin_spend, methods=["GET"]),
@@ -326,14 +327,15 @@ class Gateway:
             {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503
         )
 
-    def _authenticated_policy(self, request: Request) -> Policy:
+    def authenticated_policy(self, request: Request) -> Policy:
+        """The policy of the tenant whose API key the request carries (a 401 GatewayError if none)."""
         key = bearer_or_api_key(request_headers(request.scope))
         _, policy = authenticate(key, self.policies.snapshot, ChatClient.key_hint)
         return policy
 
     async def list_models(self, request: Request) -> Response:
         try:
-            policy = self._authenticated_policy(request)
+            policy = self.authenticated_policy(request)
         except GatewayError as error:
             return error_response(error)
         data = [_model_card(m.name) for m in self.config.models if policy.allows_model(m.name)]
@@ -342,7 +344,7 @@ class Gateway:
     async def get_model(self, request: Request) -> Response:
         name = request.path_params["model"]
         try:
-            policy = self._authenticated_policy(request)
+            policy = self.authenticated_policy(request)
             if name not in self._model_modes or not policy.allows_model(name):
                 raise GatewayError(
                     404,
@@ -357,7 +359,7 @@ class Gateway:
     # -- stored responses (the Responses API's GET / DELETE) -------------------------------------
 
     async def _stored_response(self, request: Request) -> tuple[Policy, str, dict[str, Any]]:
-        policy = self._authenticated_policy(request)
+        policy = self.authenticated_policy(request)
         response_id = request.path_params["response_id"]
         record = await self.responses.store.load(policy.tenant, response_id)
         if record is None:

@@ -178,6 +178,15 @@ class LedgerConfig(_Strict):
     )
 
 
+class FilesConfig(_Strict):
+    """Files uploaded through OpenAI's Files API (`POST /v1/files`), per tenant."""
+
+    dir: str = Field(
+        default=".data/files", description="Where uploads are kept; a folder every replica shares"
+    )
+    max_bytes: int = Field(default=50_000_000, ge=1, description="The largest file accepted (413 above)")
+
+
 class RetrievalConfig(_Strict):
     enabled: bool | None = Field(
         default=None,
@@ -236,6 +245,7 @@ class GatewayConfig(_Strict):
         "redis+sentinel://h1:26379/service/db (valkey:// forms too)",
     )
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    files: FilesConfig = Field(default_factory=FilesConfig)
     vector_store: VectorStoreConfig = Field(default_factory=VectorStoreConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     pricing: dict[str, PriceOverride] = Field(

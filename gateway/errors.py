@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable
 
 import orjson
+from starlette.responses import Response
 
 
 class VectorStoreUnavailable(RuntimeError):
@@ -176,4 +177,11 @@ def error_from_upstream_body(status: int, body: bytes, secrets: Iterable[str] = 
         type=type_,
         code=None if code is None else str(code),
         param=None if param is None else str(param),
+    )
+
+
+def error_response(error: GatewayError) -> Response:
+    """A GatewayError as a Starlette response: its envelope, status and headers."""
+    return Response(
+        error.body(), status_code=error.status, media_type="application/json", headers=error.headers
     )

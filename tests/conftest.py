@@ -497,6 +497,21 @@ def gateway_in_thread(config_path: Path, upstream: MockServer) -> Iterator[Runni
         server.stop()
 
 
+@contextmanager
+def gateway_with(
+    root: Path, upstream: MockServer, config: dict[str, Any] | None = None, acme: dict[str, Any] | None = None
+) -> Iterator[RunningGateway]:
+    """The test gateway (write_gateway_files) with these gateway.yaml and acme policy fields set,
+    served on a thread. The caller sets MOCK_UPSTREAM_KEY (monkeypatch)."""
+    config_path = write_gateway_files(root, upstream.base)
+    if config:
+        update_yaml(config_path, **config)
+    if acme:
+        update_yaml(root / "policies" / "acme.yaml", **acme)
+    with gateway_in_thread(config_path, upstream) as running:
+        yield running
+
+
 @pytest.fixture
 def gateway(
     tmp_path: Path, upstream: MockServer, monkeypatch: pytest.MonkeyPatch

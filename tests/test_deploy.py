@@ -689,3 +689,17 @@ def test_deployment_command_serves_the_deploy_config_and_policies(tmp_path: Path
         assert reply.headers["x-request-id"] == "deploy-test-1"
 
     _serve_then_sigterm(cmd, tmp_path, port, check)
+
+
+def test_the_journal_and_the_files_live_on_volumes_in_compose_and_kubernetes() -> None:
+    """Both are written at run time: on a read-only or per-container path they would be lost."""
+    compose_config = load_config(DEPLOY / "gateway.yaml")
+    mounts = {target: source for source, target in _mounts(_compose()["services"]["gateway"])}
+    for folder in (compose_config.ledger.journal_dir, compose_config.files.dir):
+        assert mounts.get(folder) in _compose()["volumes"], f"compose: {folder} is not a named volume"
+    (container,) = _deployment()["spec"]["template"]["spec"]["containers"]
+    mounted = {m["mountPath"] for m in container["volumeMounts"]}
+    configmap = _manifests()[("ConfigMap", "rag-gateway-config")]
+    k8s_config = yaml.safe_load(configmap["data"]["gateway.yaml"])
+    for folder in (k8s_config["ledger"]["journal_dir"], k8s_config["files"]["dir"]):
+        assert folder in mounted, f"kubernetes: {folder} is not a mounted volume"

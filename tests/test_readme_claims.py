@@ -15,9 +15,7 @@ from tests.conftest import (
     UPSTREAM_SECRET,
     MockServer,
     RunningGateway,
-    gateway_in_thread,
-    update_yaml,
-    write_gateway_files,
+    gateway_with,
 )
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -34,14 +32,9 @@ def limited(
 ) -> Iterator[RunningGateway]:
     """acme with a rate limit and the cache on, no budget; retrieval off for the whole gateway."""
     monkeypatch.setenv("MOCK_UPSTREAM_KEY", UPSTREAM_SECRET)
-    config_path = write_gateway_files(tmp_path, upstream.base)
-    update_yaml(config_path, pricing={"gpt-mock": {"input_per_1k": 0.5, "output_per_1k": 1.5}})
-    update_yaml(
-        tmp_path / "policies" / "acme.yaml",
-        rate_limit={"enabled": True, "rpm": 600, "tpm": 200_000},
-        cache={"enabled": True},
-    )
-    with gateway_in_thread(config_path, upstream) as running:
+    config = {"pricing": {"gpt-mock": {"input_per_1k": 0.5, "output_per_1k": 1.5}}}
+    acme = {"rate_limit": {"enabled": True, "rpm": 600, "tpm": 200_000}, "cache": {"enabled": True}}
+    with gateway_with(tmp_path, upstream, config, acme) as running:
         yield running
 
 
