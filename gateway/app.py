@@ -38,6 +38,7 @@ from gateway.services import (
     policy_needs_embedder,
     redacted_state,
 )
+from gateway.vector_stores_api import install as install_vector_stores_api
 from middleware import build_embedding_stages, build_stages
 from middleware.auth import authenticate, bearer_or_api_key
 
@@ -84,6 +85,8 @@ class Gateway:
         self._startup_error: str | None = None  # what keeps the gateway from starting, in words
         self.responses = ResponsesClient(lambda: self.services.state)
         self.files = install_files_api(self)
+        self.vector_stores = install_vector_stores_api(self)
+        vs = self.vector_stores
         # The hot path, one entry per generating or embedding route (plain ASGI, see proxy.py).
         self._fast_routes = {
             "/v1/chat/completions": ProtocolEndpoint(self, ChatClient()),
@@ -108,6 +111,29 @@ class Gateway:
                 Route("/v1/files/{file_id}", self.files.retrieve, methods=["GET"]),
                 Route("/v1/files/{file_id}", self.files.delete, methods=["DELETE"]),
                 Route("/v1/files/{file_id}/content", self.files.content, methods=["GET"]),
+                Route("/v1/vector_stores", vs.create, methods=["POST"]),
+                Route("/v1/vector_stores", vs.list, methods=["GET"]),
+                Route("/v1/vector_stores/{vector_store_id}", vs.retrieve, methods=["GET"]),
+                Route("/v1/vector_stores/{vector_store_id}", vs.modify, methods=["POST"]),
+                Route("/v1/vector_stores/{vector_store_id}", vs.delete, methods=["DELETE"]),
+                Route("/v1/vector_stores/{vector_store_id}/files", vs.attach, methods=["POST"]),
+                Route("/v1/vector_stores/{vector_store_id}/files", vs.list_files, methods=["GET"]),
+                Route(
+                    "/v1/vector_stores/{vector_store_id}/files/{file_id}", vs.retrieve_file, methods=["GET"]
+                ),
+                Route("/v1/vector_stores/{vector_store_id}/files/{file_id}", vs.detach, methods=["DELETE"]),
+                Route("/v1/vector_stores/{vector_store_id}/file_batches", vs.create_batch, methods=["POST"]),
+                Route(
+                    "/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}",
+                    vs.retrieve_batch,
+                    methods=["GET"],
+                ),
+                Route(
+                    "/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/files",
+                    vs.batch_files,
+                    methods=["GET"],
+                ),
+                Route("/v1/vector_stores/{vector_store_id}/search", vs.search, methods=["POST"]),
                 Route("/admin/tenants/{tenant}/documents", self.admin_documents, methods=["POST"]),
                 Route("/admin/tenants/{tenant}/reindex", self.admin_reindex, methods=["POST"]),
                 Route("/admin/tenants/{tenant}/spend", self.admin_spend, methods=["GET"]),

@@ -677,6 +677,13 @@ class IndexStore:
         log.info("tenant %s: reopened %s at corpus version %d (changed elsewhere)", tenant, name, stored)
         return True
 
+    def drop_tenant(self, tenant: str) -> None:
+        """Delete every build of an index (a deleted vector store's chunks), and forget it."""
+        with self._lock:
+            self._open.pop(tenant, None)
+            for version in self._versions(tenant):
+                self._drop(tenant, version)
+
     def close_tenant(self, tenant: str) -> None:
         """Forget the cached index, e.g. after another process rebuilt it."""
         with self._lock:

@@ -1,0 +1,242 @@
+"""Tenants' vector stores (OpenAI's Vector Stores API): what each store is and which files it holds.
+
+A store's record (name, metadata, expiry, and per attached file its status, attributes, chunking
+and last error) is one JSON file, `<files.dir>/<tenant>/vector_stores/<id>.json`, rewritten
+through a rename under a process lock. Its chunks live in the retrieval index named
+`<tenant>/<store id>` (gateway.retrieval.index), one document per attached file whose doc_id is the
+file's id, so a search hit names its file. OpenAI's attribute filters are evaluated here, on the
+files' attributes.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ID_PREFIX = "vs_"
+FileStatus = str  # "in_progress" | "completed" | "failed" | "cancelled"
+COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin")
+
+
+def new_store_id() -> str:
+    return ID_PREFIX + secrets.token_hex(12)
+
+
+def valid_store_id(store_id: str) -> bool:
+    rest = store_id.removeprefix(ID_PREFIX)
+    return store_id.startswith(ID_PREFIX) and len(rest) == 24 and all(c in "0123456789abcdef" for c in rest)
+
+
+def index_key(tenant: str, store_id: str) -> str:
+    """The retrieval index that holds a store's chunks."""
+    return f"{tenant}/{store_id}"
+
+
+class VectorStoreRegistry:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock = threading.Lock()
+
+    def _path(self, tenant: str, store_id: str) -> Path:
+        return self.root / tenant / "vector_stores" / f"{store_id}.json"
+
+    def _write(self, tenant: str, record: dict[str, Any]) -> None:
+        path = self._path(tenant, record["id"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".json.partial")
+        partial.write_bytes(orjson.dumps(record))
+        os.replace(partial, path)
+
+    def create(
+        self,
+        tenant: str,
+        name: str,
+        metadata: dict[str, str],
+        expires_after_days: int | None,
+        chunking: dict[str, int] | None,
+    ) -> dict[str, Any]:
+        now = int(time.time())
+        record = {
+            "id": new_store_id(),
+            "created_at": now,
+            "last_active_at": now,
+            "name": name,
+            "metadata": metadata,
+            "expires_after_days": expires_after_days,
+            "chunking": chunking,
+            "files": {},
+        }
+        with self._lock:
+            self._write(tenant, record)
+        return record
+
+    def get(self, tenant: str, store_id: str) -> dict[str, Any] | None:
+        if not valid_store_id(store_id):
+            return None
+        try:
+            return orjson.loads(self._path(tenant, store_id).read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return None
+
+    def list(self, tenant: str) -> list[dict[str, Any]]:
+        folder = self.root / tenant / "vector_stores"
+        if not folder.is_dir():
+            return []
+        records = [self.get(tenant, p.stem) for p in folder.glob(f"{ID_PREFIX}*.json")]
+        return [r for r in records if r is not None]
+
+    def update(self, tenant: str, store_id: str, **fields: Any) -> dict[str, Any] | None:
+        with self._lock:
+            record = self.get(tenant, store_id)
+            if record is None:
+                return None
+            record.update(fields)
+            self._write(tenant, record)
+            return record
+
+    def update_file(self, tenant: str, store_id: str, file_id: str, **fields: Any) -> dict[str, Any] | None:
+        """Change an attached file's entry (creating it with these fields); None when the store is gone."""
+        with self._lock:
+            record = self.get(tenant, store_id)
+            if record is None:
+                return None
+            entry = record["files"].setdefault(file_id, {})
+            entry.update(fields)
+            record["last_active_at"] = int(time.time())
+            self._write(tenant, record)
+            return entry
+
+    def remove_file(self, tenant: str, store_id: str, file_id: str) -> bool:
+        with self._lock:
+            record = self.get(tenant, store_id)
+            if record is None or file_id not in record["files"]:
+                return False
+            del record["files"][file_id]
+            self._write(tenant, record)
+            return True
+
+    def delete(self, tenant: str, store_id: str) -> bool:
+        with self._lock:
+            if self.get(tenant, store_id) is None:
+                return False
+            self._path(tenant, store_id).unlink(missing_ok=True)
+            return True
+
+
+def file_counts(record: dict[str, Any]) -> dict[str, int]:
+    counts = {"in_progress": 0, "completed": 0, "failed": 0, "cancelled": 0}
+    for entry in record["files"].values():
+        counts[entry["status"]] = counts.get(entry["status"], 0) + 1
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def store_object(record: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's vector store object."""
+    counts = file_counts(record)
+    days = record.get("expires_after_days")
+    expires_at = record["last_active_at"] + days * 86400 if days else None
+    status = "in_progress" if counts["in_progress"] else "completed"
+    if expires_at is not None and expires_at <= time.time():
+        status = "expired"
+    body: dict[str, Any] = {
+        "id": record["id"],
+        "object": "vector_store",
+        "created_at": record["created_at"],
+        "name": record["name"],
+        "usage_bytes": sum(e.get("usage_bytes", 0) for e in record["files"].values()),
+        "file_counts": counts,
+        "status": status,
+        "last_active_at": record["last_active_at"],
+        "metadata": record["metadata"],
+        "expires_at": expires_at,
+    }
+    if days:
+        body["expires_after"] = {"anchor": "last_active_at", "days": days}
+    return body
+
+
+def file_object(store_id: str, file_id: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's vector store file object."""
+    chunking = entry["chunking"]
+    return {
+        "id": file_id,
+        "object": "vector_store.file",
+        "usage_bytes": entry.get("usage_bytes", 0),
+        "created_at": entry["created_at"],
+        "vector_store_id": store_id,
+        "status": entry["status"],
+        "last_error": entry.get("last_error"),
+        "chunking_strategy": {
+            "type": "static",
+            "static": {
+                "max_chunk_size_tokens": chunking["max_tokens"],
+                "chunk_overlap_tokens": chunking["overlap_tokens"],
+            },
+        },
+        "attributes": entry.get("attributes") or {},
+    }
+
+
+def matches(attributes: dict[str, Any], condition: dict[str, Any]) -> bool:
+    """OpenAI's comparison and compound filters, on one file's attributes. A missing key matches
+    only `ne` and `nin`; an ordering comparison between a number and a string does not match."""
+    kind = condition["type"]
+    if kind in ("and", "or"):
+        results = (matches(attributes, c) for c in condition["filters"])
+        return all(results) if kind == "and" else any(results)
+    key, value = condition["key"], condition["value"]
+    if key not in attributes:
+        return kind in ("ne", "nin")
+    actual = attributes[key]
+    if kind == "eq":
+        return actual == value
+    if kind == "ne":
+        return actual != value
+    if kind == "in":
+        return actual in value
+    if kind == "nin":
+        return actual not in value
+    numeric = (int, float)
+    if isinstance(actual, bool) or isinstance(value, bool):
+        return False
+    if not (isinstance(actual, numeric) and isinstance(value, numeric)) and not (
+        isinstance(actual, str) and isinstance(value, str)
+    ):
+        return False
+    return {"gt": actual > value, "gte": actual >= value, "lt": actual < value, "lte": actual <= value}[kind]
+
+
+def filter_problem(condition: Any, path: str = "filters") -> str | None:
+    """What is wrong with a filter (for a 400 naming it), or None when it is well formed."""
+    if not isinstance(condition, dict) or "type" not in condition:
+        return f"{path} must be an object with a `type`"
+    kind = condition["type"]
+    if kind in ("and", "or"):
+        filters = condition.get("filters")
+        if not isinstance(filters, list) or not filters:
+            return f"{path}.filters must be a non-empty list of filters"
+        for i, inner in enumerate(filters):
+            problem = filter_problem(inner, f"{path}.filters[{i}]")
+            if problem:
+                return problem
+        return None
+    if kind not in COMPARISONS:
+        return f"{path}.type must be one of {', '.join((*COMPARISONS, 'and', 'or'))}, not {kind!r}"
+    if not isinstance(condition.get("key"), str):
+        return f"{path}.key must be a string"
+    if "value" not in condition:
+        return f"{path}.value is required"
+    value = condition["value"]
+    if kind in ("in", "nin"):
+        if not isinstance(value, list):
+            return f"{path}.value must be a list for `{kind}`"
+    elif not isinstance(value, str | int | float | bool):
+        return f"{path}.value must be a string, number or boolean for `{kind}`"
+    return None

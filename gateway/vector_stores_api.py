@@ -1,0 +1,622 @@
+"""OpenAI's Vector Stores API over the gateway's own retrieval: stores, their files (attached and
+ingested in the background, with statuses the SDK's `create_and_poll` follows), file batches, and
+search with OpenAI's attribute filters, answered from the tenant's own index with our hybrid
+search and its confidence.
+
+Routes (the tenant is the one whose API key the request carries; another tenant's ids are 404):
+    POST/GET /v1/vector_stores, GET/POST/DELETE /v1/vector_stores/{id},
+    POST/GET /v1/vector_stores/{id}/files, GET/DELETE /v1/vector_stores/{id}/files/{file_id},
+    POST /v1/vector_stores/{id}/file_batches, GET .../file_batches/{batch_id}[/files],
+    POST /v1/vector_stores/{id}/search
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.errors import GatewayError, bad_request, error_response
+from gateway.files import FileStore
+from gateway.files_api import not_found as file_not_found
+from gateway.vector_stores import (
+    VectorStoreRegistry,
+    file_counts,
+    file_object,
+    filter_problem,
+    index_key,
+    matches,
+    store_object,
+)
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+    from gateway.policy import Policy
+    from gateway.retrieval.service import RetrievalService
+
+log = logging.getLogger("rag_gateway.vector_stores")
+MAX_CHUNK_TOKENS = (100, 2048)  # OpenAI allows up to 4096; the chunker here stops at 2048
+MAX_RESULTS = 50
+SEARCH_CANDIDATES = 100
+RANKERS = ("auto", "none", "default-2024-11-15")
+
+
+def store_not_found(store_id: str) -> GatewayError:
+    return GatewayError(
+        404,
+        f"No vector store found with id '{store_id}'.",
+        code="vector_store_not_found",
+        param="vector_store_id",
+    )
+
+
+class VectorStoresAPI:
+    def __init__(
+        self,
+        registry: VectorStoreRegistry,
+        files: FileStore,
+        retrieval: Callable[[], Awaitable[RetrievalService]],
+        default_chunking: dict[str, int],
+        policy_of: Callable[[Request], Policy],
+    ) -> None:
+        self.registry = registry
+        self.files = files
+        self._retrieval = retrieval
+        self.default_chunking = default_chunking
+        self._policy_of = policy_of
+        self._tasks: set[asyncio.Task[None]] = set()  # ingestions running (held so they are not collected)
+
+    async def _guarded(self, request: Request, handle: Callable[[Policy], Awaitable[Any]]) -> Response:
+        try:
+            result = await handle(self._policy_of(request))
+        except GatewayError as error:
+            return error_response(error)
+        return result if isinstance(result, Response) else JSONResponse(result)
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if not raw.strip():
+            return {}
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise bad_request(f"The body is not valid JSON: {exc}", code="invalid_json") from exc
+        if not isinstance(body, dict):
+            raise bad_request("The body must be a JSON object.")
+        return body
+
+    async def _store(self, policy: Policy, store_id: str) -> dict[str, Any]:
+        record = await asyncio.to_thread(self.registry.get, policy.tenant, store_id)
+        if record is None:
+            raise store_not_found(store_id)
+        return record
+
+    # -- stores -----------------------------------------------------------------------------------
+
+    async def create(self, request: Request) -> Response:
+        async def handle(policy: Policy) -> Any:
+            body = await self._body(request)
+            name = body.get("name") or ""
+            if not isinstance(name, str):
+                raise bad_request("name must be a string", param="name")
+            metadata = _metadata(body.get("metadata"))
+            days = _expiry_days(body.get("expires_after"))
+            chunking = self._chunking(body.get("chunking_strategy"))
+            file_ids = body.get("file_ids") or []
+            if not isinstance(file_ids, list) or not all(isinstance(f, str) for f in file_ids):
+                raise bad_request("file_ids must be a list of file ids", param="file_ids")
+            await self._require_files(policy, file_ids)
+            await self._retrieval()  # say now, not per file, when retrieval is off
+            record = await asyncio.to_thread(
+                self.registry.create, policy.tenant, name, metadata, days, chunking
+            )
+            for file_id in file_ids:
+                await self._attach(policy, record["id"], file_id, {}, chunking)
+            return store_object(await self._store(policy, record["id"]))
+
+        return await self._guarded(request, handle)
+
+    async def list(self, request: Request) -> Response:
+        async def handle(policy: Policy) -> Any:
+            records = await asyncio.to_thread(self.registry.list, policy.tenant)
+            return _page([store_object(r) for r in records], request, key=lambda o: o["created_at"])
+
+        return await self._guarded(request, handle)
+
+    async def retrieve(self, request: Request) -> Response:
+        async def handle(policy: Policy) -> Any:
+            return store_object(await self._store(policy, request.path_params["vector_store_id"]))
+
+        return await self._guarded(request, handle)
+
+    async def modify(self, request: Request) -> Response:
+        async def handle(policy: Policy) -> Any:
+            store_id = request.path_params["vector_store_id"]
+            await self._store(policy, store_id)
+            body = await self._body(request)
+            fields: dict[str, Any] = {"last_active_at": int(time.time())}
+            if "name" in body:
+                if not isinstance(body["name"], str):
+                    raise bad_request("name must be a string", param="name")
+                fields["name"] = body["name"]
+            if "metadata" in body:
+                fields["metadata"] = _metadata(body["metadata"])
+            if "expires_after" in body:
+                fields["expires_after_days"] = _expiry_days(body["expires_after"])
+            record = await asyncio.to_thread(self.registry.update, policy.tenant, store_id, **fields)
+            if record is None:
+                raise store_not_found(store_id)
+            return store_object(record)
+
+        return await self._guarded(request, handle)
+
+    async def delete(self, request: Request) -> Response:
+        async def handle(policy: Policy) -> Any:
+            store_id = request.path_params["vector_store_id"]
+            await self._store(policy, store_id)
+            retrieval = await self._retrieval()
+            await asyncio.to_thread(self.registry.delete, policy.tenant, store_id)
+            await asyncio.to_thread(retrieval.store.drop_tenant, index_key(policy.tenant, store_id))
+            return {"id": store_id, "object": "vector_store.deleted", "deleted": True}
+
+        return await self._guarded(request, handle)
+
+    # -- files ------------------------------------------------------------------------------------
+
+    async def attach(self, request: Request) -> Response:
+        async def handle(policy: Policy) -> Any:
+            store_id = request.path_params["vector_store_id"]
+            record = await self._store(policy, store_id)
+            body = await self._body(request)
+            file_id = body.get("file_id")
+            if not isinstance(file_id, str) or not file_id:
+                raise bad_request(
+                    "file_id is required: the id of a file uploaded with POST /v1/files", param="file_id"
+                )
+            await self._require_files(policy, [file_id])
+            attributes = _attributes(body.get("attributes"))
+            chunking = self._chunking(body.get("chunking_strategy"), record.get("chunking"))
+            await self._retrieval()
+            entry = await self._attach(policy, store_id, file_id, attributes, chunking)
+            return file_object(store_id, file_id, entry)
+
+        return await self._guarded(request, handle)
+
+    async def list_files(self, request: Request) -> Response:
+        async def handle(policy: Policy) -> Any:
+            store_id = request.path_params["vector_store_id"]
+            record = await self._store(policy, store_id)
+            return _file_page(store_id, record, list(record["files"]), request)
+
+        return await self._guarded(request, handle)
+
+    async def retrieve_file(self, request: Request) -> Response:
+        async def handle(policy: Policy) -> Any:
+            store_id, file_id = request.path_params["vector_store_id"], request.path_params["file_id"]
+            record = await self._store(policy, store_id)
+            entry = record["files"].get(file_id)
+            if entry is None:
+                raise file_not_found(file_id)
+            return file_object(store_id, file_id, entry)
+
+        return await self._guarded(request, handle)
+
+    async def detach(self, request: Request) -> Response:
+        async def handle(policy: Policy) -> Any:
+            store_id, file_id = request.path_params["vector_store_id"], request.path_params["file_id"]
+            await self._store(policy, store_id)
+            if not await asyncio.to_thread(self.registry.remove_file, policy.tenant, store_id, file_id):
+                raise file_not_found(file_id)
+            retrieval = await self._retrieval()
+            index = await asyncio.to_thread(retrieval.store.tenant, index_key(policy.tenant, store_id))
+            await asyncio.to_thread(index.apply, deletes=[file_id])
+            return {"id": file_id, "object": "vector_store.file.deleted", "deleted": True}
+
+        return await self._guarded(request, handle)
+
+    # -- file batches -----------------------------------------------------------------------------
+
+    async def create_batch(self, request: Request) -> Response:
+        async def handle(policy: Policy) -> Any:
+            store_id = request.path_params["vector_store_id"]
+            record = await self._store(policy, store_id)
+            body = await self._body(request)
+            file_ids = body.get("file_ids")
+            if (
+                not isinstance(file_ids, list)
+                or not file_ids
+                or not all(isinstance(f, str) for f in file_ids)
+            ):
+                raise bad_request("file_ids must be a non-empty list of file ids", param="file_ids")
+            await self._require_files(policy, file_ids)
+            attributes = _attributes(body.get("attributes"))
+            chunking = self._chunking(body.get("chunking_strategy"), record.get("chunking"))
+            await self._retrieval()
+            batch_id = "vsfb_" + secrets.token_hex(12)
+            batches = {
+                **record.get("batches", {}),
+                batch_id: {"file_ids": file_ids, "created_at": int(time.time())},
+            }
+            await asyncio.to_thread(self.registry.update, policy.tenant, store_id, batches=batches)
+            for file_id in file_ids:
+                await self._attach(policy, store_id, file_id, attributes, chunking)
+            return _batch_object(store_id, batch_id, await self._store(policy, store_id))
+
+        return await self._guarded(request, handle)
+
+    async def retrieve_batch(self, request: Request) -> Response:
+        async def handle(policy: Policy) -> Any:
+            store_id, batch_id = request.path_params["vector_store_id"], request.path_params["batch_id"]
+            return _batch_object(store_id, batch_id, await self._store(policy, store_id))
+
+        return await self._guarded(request, handle)
+
+    async def batch_files(self, request: Request) -> Response:
+        async def handle(policy: Policy) -> Any:
+            store_id, batch_id = request.path_params["vector_store_id"], request.path_params["batch_id"]
+            record = await self._store(policy, store_id)
+            batch = record.get("batches", {}).get(batch_id)
+            if batch is None:
+                raise _batch_not_found(batch_id)
+            return _file_page(
+                store_id, record, [f for f in batch["file_ids"] if f in record["files"]], request
+            )
+
+        return await self._guarded(request, handle)
+
+    # -- search -----------------------------------------------------------------------------------
+
+    async def search(self, request: Request) -> Response:
+        async def handle(policy: Policy) -> Any:
+            store_id = request.path_params["vector_store_id"]
+            record = await self._store(policy, store_id)
+            if store_object(record)["status"] == "expired":
+                raise bad_request(f"The vector store {store_id} has expired.", param="vector_store_id")
+            body = await self._body(request)
+            queries = _queries(body.get("query"))
+            limit = body.get("max_num_results", 10)
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_RESULTS:
+                raise bad_request(
+                    f"max_num_results must be an integer from 1 to {MAX_RESULTS}", param="max_num_results"
+                )
+            condition = body.get("filters")
+            if condition is not None and (problem := filter_problem(condition)):
+                raise bad_request(problem, param="filters")
+            threshold = _threshold(body.get("ranking_options"))
+            if body.get("rewrite_query"):
+                raise bad_request(
+                    "rewrite_query is not supported: the gateway searches the query as given (hybrid "
+                    "dense + BM25 search needs no rewrite). Leave it false.",
+                    param="rewrite_query",
+                )
+            retrieval = await self._retrieval()
+            return await self._search(
+                policy, store_id, record, retrieval, queries, limit, condition, threshold
+            )
+
+        return await self._guarded(request, handle)
+
+    async def _search(
+        self,
+        policy: Policy,
+        store_id: str,
+        record: dict[str, Any],
+        retrieval: RetrievalService,
+        queries: list[str],
+        limit: int,
+        condition: dict[str, Any] | None,
+        threshold: float,
+    ) -> Response:
+        key = index_key(policy.tenant, store_id)
+        best: dict[str, tuple[float, Any]] = {}
+        confidence = 0.0
+        for query in queries:
+            result = await retrieval.search(key, query, MAX_RESULTS, SEARCH_CANDIDATES)
+            confidence = max(confidence, result.confidence)
+            for hit in result.hits:
+                score = min(1.0, max(0.0, hit.dense_score or 0.0))
+                if hit.chunk.id not in best or best[hit.chunk.id][0] < score:
+                    best[hit.chunk.id] = (score, hit)
+        names = {}
+        items = []
+        for score, hit in sorted(best.values(), key=lambda pair: -pair[0]):
+            file_id = hit.chunk.doc_id
+            entry = record["files"].get(file_id)
+            if entry is None or entry["status"] != "completed" or score < threshold:
+                continue  # detached meanwhile, or below the caller's threshold
+            attributes = entry.get("attributes") or {}
+            if condition is not None and not matches(attributes, condition):
+                continue
+            if file_id not in names:
+                stored = await asyncio.to_thread(self.files.get, policy.tenant, file_id)
+                names[file_id] = stored.filename if stored is not None else file_id
+            items.append(
+                {
+                    "file_id": file_id,
+                    "filename": names[file_id],
+                    "score": round(score, 6),
+                    "attributes": attributes,
+                    "content": [{"type": "text", "text": hit.chunk.text}],
+                }
+            )
+            if len(items) == limit:
+                break
+        await asyncio.to_thread(
+            self.registry.update, policy.tenant, store_id, last_active_at=int(time.time())
+        )
+        page = {
+            "object": "vector_store.search_results.page",
+            "search_query": queries,
+            "data": items,
+            "has_more": False,
+            "next_page": None,
+        }
+        # Ours: how likely these results answer the query (the refusal policy's signal), in a header
+        # as on chat answers: OpenAI's page schema admits no extra field.
+        return JSONResponse(page, headers={"x-gateway-confidence": f"{confidence:.3f}"})
+
+    # -- ingestion --------------------------------------------------------------------------------
+
+    async def _require_files(self, policy: Policy, file_ids: list[str]) -> None:
+        for file_id in file_ids:
+            if await asyncio.to_thread(self.files.get, policy.tenant, file_id) is None:
+                raise file_not_found(file_id)
+
+    async def _attach(
+        self,
+        policy: Policy,
+        store_id: str,
+        file_id: str,
+        attributes: dict[str, Any],
+        chunking: dict[str, int],
+    ) -> dict[str, Any]:
+        stored = await asyncio.to_thread(self.files.get, policy.tenant, file_id)
+        assert stored is not None  # checked by the caller
+        entry = await asyncio.to_thread(
+            self.registry.update_file, policy.tenant, store_id, file_id,
+            status="in_progress", created_at=int(time.time()), attributes=attributes, chunking=chunking,
+            usage_bytes=stored.bytes, last_error=None,
+        )  # fmt: skip
+        if entry is None:
+            raise store_not_found(store_id)
+        task = asyncio.get_running_loop().create_task(
+            self._ingest(policy.tenant, store_id, file_id, chunking)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return entry
+
+    async def _ingest(self, tenant: str, store_id: str, file_id: str, chunking: dict[str, int]) -> None:
+        try:
+            retrieval = await self._retrieval()
+            status, error = await asyncio.to_thread(
+                self._ingest_sync, retrieval, tenant, store_id, file_id, chunking
+            )
+        except Exception as exc:  # the store or the embedder failed: the file says so, nothing crashes
+            log.warning("vector store %s: file %s failed to ingest: %s", store_id, file_id, exc)
+            status, error = (
+                "failed",
+                {"code": "server_error", "message": f"ingestion failed: {type(exc).__name__}"},
+            )
+        await asyncio.to_thread(
+            self.registry.update_file, tenant, store_id, file_id, status=status, last_error=error
+        )
+
+    def _ingest_sync(
+        self, retrieval: RetrievalService, tenant: str, store_id: str, file_id: str, chunking: dict[str, int]
+    ) -> tuple[str, dict[str, str] | None]:
+        from gateway.retrieval.chunking import ChunkingConfig
+        from gateway.retrieval.ingest import Ingestor, IngestSettings
+
+        stored = self.files.get(tenant, file_id)
+        path = self.files.content_path(tenant, file_id)
+        if stored is None or path is None:
+            return "failed", {"code": "invalid_file", "message": f"the file {file_id} was deleted"}
+        key = index_key(tenant, store_id)
+        settings = IngestSettings(
+            chunking=ChunkingConfig(
+                max_tokens=chunking["max_tokens"], overlap_tokens=chunking["overlap_tokens"]
+            ),
+            max_file_bytes=max(stored.bytes, 1),
+        )
+        report = Ingestor(retrieval.store.tenant(key), retrieval.embedder, settings).ingest_bytes(
+            key, stored.filename, path.read_bytes(), doc_id=file_id
+        )
+        outcome = report.files[0] if report.files else None
+        if outcome is not None and outcome.outcome in ("added", "updated", "unchanged"):
+            return "completed", None
+        reason = outcome.reason if outcome is not None else "nothing could be read from it"
+        code = "unsupported_file" if "unsupported" in reason else "invalid_file"
+        return "failed", {"code": code, "message": reason}
+
+    def _chunking(self, strategy: Any, store_default: dict[str, int] | None = None) -> dict[str, int]:
+        if strategy is None:
+            return store_default or self.default_chunking
+        if not isinstance(strategy, dict) or strategy.get("type") not in ("auto", "static"):
+            raise bad_request("chunking_strategy.type must be 'auto' or 'static'", param="chunking_strategy")
+        if strategy["type"] == "auto":
+            return self.default_chunking
+        static = strategy.get("static")
+        if not isinstance(static, dict):
+            raise bad_request(
+                "chunking_strategy.static is required for type 'static'", param="chunking_strategy"
+            )
+        size, overlap = static.get("max_chunk_size_tokens"), static.get("chunk_overlap_tokens")
+        low, high = MAX_CHUNK_TOKENS
+        if not isinstance(size, int) or not low <= size <= high:
+            raise bad_request(
+                f"chunking_strategy.static.max_chunk_size_tokens must be from {low} to {high} here "
+                "(the gateway's chunker stops at 2048 tokens)",
+                param="chunking_strategy.static.max_chunk_size_tokens",
+            )
+        if not isinstance(overlap, int) or not 0 <= overlap <= size // 2:
+            raise bad_request(
+                "chunking_strategy.static.chunk_overlap_tokens must be from 0 to half of "
+                "max_chunk_size_tokens",
+                param="chunking_strategy.static.chunk_overlap_tokens",
+            )
+        return {"max_tokens": size, "overlap_tokens": overlap}
+
+
+def _batch_not_found(batch_id: str) -> GatewayError:
+    return GatewayError(
+        404, f"No file batch found with id '{batch_id}'.", code="batch_not_found", param="batch_id"
+    )
+
+
+def _batch_object(store_id: str, batch_id: str, record: dict[str, Any]) -> dict[str, Any]:
+    batch = record.get("batches", {}).get(batch_id)
+    if batch is None:
+        raise _batch_not_found(batch_id)
+    counts = file_counts(
+        {"files": {f: record["files"][f] for f in batch["file_ids"] if f in record["files"]}}
+    )
+    return {
+        "id": batch_id,
+        "object": "vector_store.files_batch",
+        "created_at": batch["created_at"],
+        "vector_store_id": store_id,
+        "status": "in_progress" if counts["in_progress"] else "completed",
+        "file_counts": counts,
+    }
+
+
+def _file_page(
+    store_id: str, record: dict[str, Any], file_ids: list[str], request: Request
+) -> dict[str, Any]:
+    wanted = request.query_params.get("filter")
+    if wanted is not None and wanted not in ("in_progress", "completed", "failed", "cancelled"):
+        raise bad_request("filter must be in_progress, completed, failed or cancelled", param="filter")
+    objects = [
+        file_object(store_id, f, record["files"][f])
+        for f in file_ids
+        if wanted is None or record["files"][f]["status"] == wanted
+    ]
+    return _page(objects, request, key=lambda o: o["created_at"])
+
+
+def _page(
+    objects: list[dict[str, Any]], request: Request, key: Callable[[dict[str, Any]], Any]
+) -> dict[str, Any]:
+    """OpenAI's cursor page: `limit` (1-100, 20), `order` (desc), `after` / `before` ids."""
+    query = request.query_params
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise bad_request(f"order must be 'asc' or 'desc', not {order!r}", param="order")
+    raw = query.get("limit", "20")
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise bad_request("limit must be an integer from 1 to 100", param="limit")
+    ordered = sorted(objects, key=lambda o: (key(o), o["id"]), reverse=order == "desc")
+    ids = [o["id"] for o in ordered]
+    if (after := query.get("after")) is not None:
+        ordered = ordered[ids.index(after) + 1 :] if after in ids else []
+    if (before := query.get("before")) is not None:
+        ordered = ordered[: ids.index(before)] if before in ids else []
+    page = ordered[: int(raw)]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(ordered) > len(page),
+    }
+
+
+def _metadata(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > 16:
+        raise bad_request("metadata must be an object of at most 16 pairs", param="metadata")
+    for key, item in value.items():
+        if len(key) > 64 or not isinstance(item, str) or len(item) > 512:
+            raise bad_request(
+                "metadata keys are at most 64 characters and values strings of at most 512", param="metadata"
+            )
+    return dict(value)
+
+
+def _attributes(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > 16:
+        raise bad_request("attributes must be an object of at most 16 pairs", param="attributes")
+    for key, item in value.items():
+        if (
+            len(key) > 256
+            or not isinstance(item, str | int | float | bool)
+            or (isinstance(item, str) and len(item) > 512)
+        ):
+            raise bad_request(
+                "attributes map keys of at most 256 characters to strings (at most 512), numbers or booleans",
+                param="attributes",
+            )
+    return dict(value)
+
+
+def _expiry_days(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("anchor") != "last_active_at":
+        raise bad_request("expires_after.anchor must be 'last_active_at'", param="expires_after.anchor")
+    days = value.get("days")
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 365:
+        raise bad_request("expires_after.days must be an integer from 1 to 365", param="expires_after.days")
+    return days
+
+
+def _queries(value: Any) -> list[str]:
+    if isinstance(value, str) and value.strip():
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(q, str) and q.strip() for q in value):
+        return list(value)
+    raise bad_request("query is required: a string, or a list of strings", param="query")
+
+
+def _threshold(options: Any) -> float:
+    if options is None:
+        return 0.0
+    if not isinstance(options, dict):
+        raise bad_request("ranking_options must be an object", param="ranking_options")
+    ranker = options.get("ranker", "auto")
+    if ranker not in RANKERS:
+        raise bad_request(
+            f"ranking_options.ranker must be one of {', '.join(RANKERS)}", param="ranking_options.ranker"
+        )
+    threshold = options.get("score_threshold", 0.0)
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+        raise bad_request(
+            "ranking_options.score_threshold must be a number from 0 to 1",
+            param="ranking_options.score_threshold",
+        )
+    return float(threshold)
+
+
+def install(gateway: Gateway) -> VectorStoresAPI:
+    from gateway.services import ensure_retrieval
+
+    async def retrieval() -> RetrievalService:
+        services = gateway.services
+        if services.retrieval is None and not await asyncio.to_thread(ensure_retrieval, services):
+            raise bad_request(
+                "Vector stores need retrieval, which gateway.yaml turns off (retrieval.enabled: false).",
+                code="retrieval_disabled",
+            )
+        assert services.retrieval is not None
+        return services.retrieval
+
+    config = gateway.config
+    root = config.resolve(config.files.dir)
+    chunking = {
+        "max_tokens": config.retrieval.chunk_max_tokens,
+        "overlap_tokens": config.retrieval.chunk_overlap_tokens,
+    }
+    return VectorStoresAPI(
+        VectorStoreRegistry(root), gateway.files.store, retrieval, chunking, gateway.authenticated_policy
+    )

@@ -1,0 +1,191 @@
+"""OpenAI's Vector Stores API on the gateway's own retrieval, through the official openai SDK:
+stores, files attached and ingested in the background (the SDK's create_and_poll), batches,
+search with attribute filters, detach and delete; tenants isolated; bad requests are clear 400s;
+answers validated against OpenAI's OpenAPI description."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import (
+    ACME_KEY,
+    OTHER_KEY,
+    UPSTREAM_SECRET,
+    MockServer,
+    RunningGateway,
+    gateway_with,
+)
+from tests.contract import check
+
+PARKING = b"# Parking\n\nA resident parking permit costs 30 EUR a year and is valid in one zone.\n"
+ZONES = b"# Speed zones\n\nThe speed limit in Zone B is 25 km/h near the school, 50 km/h elsewhere.\n"
+OPENING = b"# Library\n\nThe city library opens at 9:00 on weekdays and at 10:00 on Saturdays.\n"
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory, upstream: MockServer) -> Iterator[RunningGateway]:
+    """One gateway with retrieval on for the module: loading the embedder takes seconds."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MOCK_UPSTREAM_KEY", UPSTREAM_SECRET)
+        root = tmp_path_factory.mktemp("vector-stores")
+        with gateway_with(root, upstream, config={"retrieval": {"enabled": True}}) as running:
+            yield running
+
+
+def sdk(gateway: RunningGateway, key: str = ACME_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
+
+
+def upload(client: openai.OpenAI, name: str, data: bytes) -> str:
+    return client.files.create(file=(name, data), purpose="assistants").id
+
+
+def wait_completed(client: openai.OpenAI, store_id: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while client.vector_stores.retrieve(store_id).file_counts.in_progress:
+        assert time.monotonic() < deadline, "the store's files were not processed in time"
+        time.sleep(0.1)
+
+
+def test_a_store_is_built_searched_filtered_and_emptied_with_the_sdk(stores: RunningGateway) -> None:
+    client = sdk(stores)
+    parking, zones = upload(client, "parking.md", PARKING), upload(client, "zones.md", ZONES)
+    store = client.vector_stores.create(name="city", file_ids=[parking], metadata={"team": "ops"})
+    assert store.name == "city" and store.metadata == {"team": "ops"} and store.file_counts.total == 1
+    attached = client.vector_stores.files.create_and_poll(
+        vector_store_id=store.id, file_id=zones, attributes={"topic": "traffic", "year": 2024}
+    )
+    assert attached.status == "completed" and attached.last_error is None
+    wait_completed(client, store.id)
+    assert client.vector_stores.retrieve(store.id).file_counts.completed == 2
+
+    results = client.vector_stores.search(store.id, query="How much does a resident parking permit cost?")
+    assert results.data[0].filename == "parking.md" and results.data[0].file_id == parking
+    assert "30 EUR" in results.data[0].content[0].text and 0 < results.data[0].score <= 1
+    only_traffic = client.vector_stores.search(
+        store.id, query="parking permit", filters={"type": "eq", "key": "topic", "value": "traffic"}
+    )
+    assert {r.file_id for r in only_traffic.data} == {zones}
+    compound = client.vector_stores.search(
+        store.id,
+        query="speed limit",
+        filters={
+            "type": "and",
+            "filters": [
+                {"type": "gte", "key": "year", "value": 2020},
+                {"type": "ne", "key": "topic", "value": "parks"},
+            ],
+        },
+    )
+    assert {r.file_id for r in compound.data} == {zones}
+    strict = client.vector_stores.search(store.id, query="parking", ranking_options={"score_threshold": 0.99})
+    assert strict.data == []
+
+    listed = client.vector_stores.files.list(vector_store_id=store.id)
+    assert {f.id for f in listed.data} == {parking, zones}
+    client.vector_stores.files.delete(file_id=parking, vector_store_id=store.id)
+    after = client.vector_stores.search(store.id, query="How much does a resident parking permit cost?")
+    assert parking not in {r.file_id for r in after.data}
+    assert client.vector_stores.delete(store.id).deleted is True
+    with pytest.raises(openai.NotFoundError):
+        client.vector_stores.retrieve(store.id)
+
+
+def test_file_batches_poll_to_completion(stores: RunningGateway) -> None:
+    client = sdk(stores)
+    store = client.vector_stores.create(name="batch")
+    ids = [upload(client, "library.md", OPENING), upload(client, "zones.md", ZONES)]
+    batch = client.vector_stores.file_batches.create_and_poll(vector_store_id=store.id, file_ids=ids)
+    assert batch.status == "completed" and batch.file_counts.completed == 2
+    files = client.vector_stores.file_batches.list_files(vector_store_id=store.id, batch_id=batch.id)
+    assert {f.id for f in files.data} == set(ids)
+    results = client.vector_stores.search(store.id, query="When does the library open on Saturday?")
+    assert results.data[0].filename == "library.md"
+
+
+def test_a_file_that_cannot_be_read_fails_with_its_reason(stores: RunningGateway) -> None:
+    client = sdk(stores)
+    empty = upload(client, "empty.md", b"   \n")
+    store = client.vector_stores.create(name="broken")
+    failed = client.vector_stores.files.create_and_poll(vector_store_id=store.id, file_id=empty)
+    assert failed.status == "failed" and failed.last_error is not None
+    assert "empty" in failed.last_error.message
+    assert client.vector_stores.retrieve(store.id).file_counts.failed == 1
+
+
+def test_answers_follow_openais_schemas(stores: RunningGateway) -> None:
+    client = sdk(stores)
+    headers = {"Authorization": f"Bearer {ACME_KEY}"}
+    file_id = upload(client, "parking.md", PARKING)
+    created = httpx.post(
+        f"{stores.url}/v1/vector_stores", headers=headers, json={"name": "schema", "file_ids": [file_id]}
+    )
+    assert created.status_code == 200, created.text
+    check(created.json(), "VectorStoreObject")
+    store_id = created.json()["id"]
+    wait_completed(client, store_id)
+    base = f"{stores.url}/v1/vector_stores/{store_id}"
+    check(httpx.get(base, headers=headers).json(), "VectorStoreObject")
+    check(httpx.get(f"{base}/files/{file_id}", headers=headers).json(), "VectorStoreFileObject")
+    check(httpx.get(f"{stores.url}/v1/vector_stores", headers=headers).json(), "ListVectorStoresResponse")
+    searched = httpx.post(f"{base}/search", headers=headers, json={"query": "parking permit price"})
+    check(searched.json(), "VectorStoreSearchResultsPage")
+    assert 0 <= float(searched.headers["x-gateway-confidence"]) <= 1  # ours, beside OpenAI's page
+    check(httpx.delete(base, headers=headers).json(), "DeleteVectorStoreResponse")
+
+
+def test_another_tenants_store_is_not_found(stores: RunningGateway) -> None:
+    client = sdk(stores)
+    store = client.vector_stores.create(name="mine")
+    other = sdk(stores, OTHER_KEY)
+    assert store.id not in {s.id for s in other.vector_stores.list().data}
+    for call in (
+        lambda: other.vector_stores.retrieve(store.id),
+        lambda: other.vector_stores.search(store.id, query="x"),
+        lambda: other.vector_stores.delete(store.id),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    # ...nor can another tenant attach acme's file to a store of its own.
+    acme_file = upload(client, "parking.md", PARKING)
+    theirs = other.vector_stores.create(name="theirs")
+    with pytest.raises(openai.NotFoundError):
+        other.vector_stores.files.create(vector_store_id=theirs.id, file_id=acme_file)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        (
+            "",
+            {
+                "chunking_strategy": {
+                    "type": "static",
+                    "static": {"max_chunk_size_tokens": 4000, "chunk_overlap_tokens": 0},
+                }
+            },
+            "chunking_strategy.static.max_chunk_size_tokens",
+        ),
+        ("", {"expires_after": {"anchor": "created_at", "days": 3}}, "expires_after.anchor"),
+        ("", {"metadata": {"k": 5}}, "metadata"),
+        ("", {"file_ids": ["file-000000000000000000000000"]}, "file_id"),
+        ("/search", {"query": ""}, "query"),
+        ("/search", {"query": "x", "max_num_results": 51}, "max_num_results"),
+        ("/search", {"query": "x", "filters": {"type": "like", "key": "a", "value": "b"}}, "filters"),
+        ("/search", {"query": "x", "rewrite_query": True}, "rewrite_query"),
+        ("/files", {}, "file_id"),
+    ],
+)
+def test_bad_requests_name_the_field(stores: RunningGateway, path: str, body: dict, param: str) -> None:
+    headers = {"Authorization": f"Bearer {ACME_KEY}"}
+    store = sdk(stores).vector_stores.create(name="errors")
+    url = f"{stores.url}/v1/vector_stores" + (f"/{store.id}{path}" if path else "")
+    response = httpx.post(url, headers=headers, json=body)
+    assert response.status_code in (400, 404), response.text
+    error = response.json()["error"]
+    assert error["param"] == param, error
