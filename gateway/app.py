@@ -210,6 +210,7 @@ class Gateway:
         self._watcher = asyncio.create_task(self.policies.watch())
         self._ledger_tasks = [asyncio.create_task(self.services.leases.run())]
         self.services.journal.start()  # replays and batches until services.close()
+        await self.vector_stores.resume()  # files a stopped process was ingesting
         if self.services.warmup.seeds:
             self._warmup = asyncio.create_task(self.services.warmup.run(self._ingestor_for))
         if self.config.vector_store.url and self.services.retrieval is not None:

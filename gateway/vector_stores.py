@@ -121,6 +121,18 @@ class VectorStoreRegistry:
             self._write(tenant, record)
             return True
 
+    def in_progress(self) -> list[tuple[str, str, str, dict[str, int]]]:
+        """(tenant, store id, file id, chunking) of every file left `in_progress`: a process that
+        was ingesting it stopped."""
+        found = []
+        for folder in sorted(self.root.glob("*/vector_stores")):
+            tenant = folder.parent.name
+            for record in self.list(tenant):
+                for file_id, entry in record["files"].items():
+                    if entry.get("status") == "in_progress":
+                        found.append((tenant, record["id"], file_id, entry["chunking"]))
+        return found
+
     def delete(self, tenant: str, store_id: str) -> bool:
         with self._lock:
             if self.get(tenant, store_id) is None:

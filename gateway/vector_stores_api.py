@@ -364,6 +364,20 @@ class VectorStoresAPI:
 
     # -- ingestion --------------------------------------------------------------------------------
 
+    async def resume(self) -> int:
+        """Ingest again the files a stopped process left `in_progress` (at start-up). Re-ingesting
+        is idempotent (unchanged content is skipped), so replicas resuming the same file is harmless."""
+        pending = await asyncio.to_thread(self.registry.in_progress)
+        for tenant, store_id, file_id, chunking in pending:
+            log.info("vector store %s: resuming the ingestion of %s", store_id, file_id)
+            self._start_ingest(tenant, store_id, file_id, chunking)
+        return len(pending)
+
+    def _start_ingest(self, tenant: str, store_id: str, file_id: str, chunking: dict[str, int]) -> None:
+        task = asyncio.get_running_loop().create_task(self._ingest(tenant, store_id, file_id, chunking))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _require_files(self, policy: Policy, file_ids: list[str]) -> None:
         for file_id in file_ids:
             if await asyncio.to_thread(self.files.get, policy.tenant, file_id) is None:
@@ -386,11 +400,7 @@ class VectorStoresAPI:
         )  # fmt: skip
         if entry is None:
             raise store_not_found(store_id)
-        task = asyncio.get_running_loop().create_task(
-            self._ingest(policy.tenant, store_id, file_id, chunking)
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._start_ingest(policy.tenant, store_id, file_id, chunking)
         return entry
 
     async def _ingest(self, tenant: str, store_id: str, file_id: str, chunking: dict[str, int]) -> None:

@@ -5,13 +5,17 @@ answers validated against OpenAI's OpenAPI description."""
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from gateway.files import FileStore
+from gateway.vector_stores import VectorStoreRegistry
 from tests.conftest import (
     ACME_KEY,
     OTHER_KEY,
@@ -189,3 +193,24 @@ def test_bad_requests_name_the_field(stores: RunningGateway, path: str, body: di
     assert response.status_code in (400, 404), response.text
     error = response.json()["error"]
     assert error["param"] == param, error
+
+
+def test_files_a_stopped_process_was_ingesting_are_ingested_at_start_up(
+    tmp_path: Path, upstream: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a process killed mid-ingestion leaves: the file stored, its store entry in_progress.
+    folder = tmp_path / ".data" / "files"
+    stored = FileStore(folder).save("acme", "parking.md", "assistants", io.BytesIO(PARKING))
+    registry = VectorStoreRegistry(folder)
+    record = registry.create("acme", "left behind", {}, None, None)
+    registry.update_file(
+        "acme", record["id"], stored.id, status="in_progress", created_at=int(time.time()), attributes={},
+        chunking={"max_tokens": 240, "overlap_tokens": 40}, usage_bytes=stored.bytes, last_error=None,
+    )  # fmt: skip
+    monkeypatch.setenv("MOCK_UPSTREAM_KEY", UPSTREAM_SECRET)
+    with gateway_with(tmp_path, upstream, config={"retrieval": {"enabled": True}}) as running:
+        client = sdk(running)
+        wait_completed(client, record["id"])
+        assert client.vector_stores.retrieve(record["id"]).file_counts.completed == 1
+        found = client.vector_stores.search(record["id"], query="resident parking permit price")
+        assert found.data[0].file_id == stored.id
