@@ -72,6 +72,7 @@ class VectorStoresAPI:
         self.default_chunking = default_chunking
         self._policy_of = policy_of
         self._tasks: set[asyncio.Task[None]] = set()  # ingestions running (held so they are not collected)
+        self._ingesting = asyncio.Lock()
 
     async def _guarded(self, request: Request, handle: Callable[[Policy], Awaitable[Any]]) -> Response:
         try:
@@ -406,9 +407,12 @@ class VectorStoresAPI:
     async def _ingest(self, tenant: str, store_id: str, file_id: str, chunking: dict[str, int]) -> None:
         try:
             retrieval = await self._retrieval()
-            status, error = await asyncio.to_thread(
-                self._ingest_sync, retrieval, tenant, store_id, file_id, chunking
-            )
+            # One file at a time per process: each ingest already uses the parse threads and the
+            # embedder's cores, and an index's writes and BM25 rebuild are not made to interleave.
+            async with self._ingesting:
+                status, error = await asyncio.to_thread(
+                    self._ingest_sync, retrieval, tenant, store_id, file_id, chunking
+                )
         except Exception as exc:  # the store or the embedder failed: the file says so, nothing crashes
             log.warning("vector store %s: file %s failed to ingest: %s", store_id, file_id, exc)
             status, error = (
