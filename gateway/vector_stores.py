@@ -10,6 +10,7 @@ files' attributes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import threading
@@ -33,9 +34,15 @@ def valid_store_id(store_id: str) -> bool:
     return store_id.startswith(ID_PREFIX) and len(rest) == 24 and all(c in "0123456789abcdef" for c in rest)
 
 
+def corpus_store_id(tenant: str) -> str:
+    """The id under which a tenant's retrieval corpus (the index its policy's retrieval searches)
+    appears as a vector store: fixed, so clients can keep it."""
+    return ID_PREFIX + hashlib.sha256(f"corpus:{tenant}".encode()).hexdigest()[:24]
+
+
 def index_key(tenant: str, store_id: str) -> str:
-    """The retrieval index that holds a store's chunks."""
-    return f"{tenant}/{store_id}"
+    """The retrieval index that holds a store's chunks: the tenant's own for its corpus store."""
+    return tenant if store_id == corpus_store_id(tenant) else f"{tenant}/{store_id}"
 
 
 class VectorStoreRegistry:
@@ -60,10 +67,11 @@ class VectorStoreRegistry:
         metadata: dict[str, str],
         expires_after_days: int | None,
         chunking: dict[str, int] | None,
+        store_id: str | None = None,
     ) -> dict[str, Any]:
         now = int(time.time())
         record = {
-            "id": new_store_id(),
+            "id": store_id or new_store_id(),
             "created_at": now,
             "last_active_at": now,
             "name": name,
@@ -73,6 +81,9 @@ class VectorStoreRegistry:
             "files": {},
         }
         with self._lock:
+            existing = self.get(tenant, record["id"]) if store_id else None
+            if existing is not None:
+                return existing  # the corpus store, made by another request meanwhile
             self._write(tenant, record)
         return record
 

@@ -28,6 +28,7 @@ from gateway.files import FileStore
 from gateway.files_api import not_found as file_not_found
 from gateway.vector_stores import (
     VectorStoreRegistry,
+    corpus_store_id,
     file_counts,
     file_object,
     filter_problem,
@@ -95,9 +96,18 @@ class VectorStoresAPI:
 
     async def _store(self, policy: Policy, store_id: str) -> dict[str, Any]:
         record = await asyncio.to_thread(self.registry.get, policy.tenant, store_id)
+        if record is None and store_id == corpus_store_id(policy.tenant) and policy.retrieval.enabled:
+            record = await self._corpus_record(policy)
         if record is None:
             raise store_not_found(store_id)
         return record
+
+    async def _corpus_record(self, policy: Policy) -> dict[str, Any]:
+        """The store that stands for the tenant's retrieval corpus, recorded on first sight."""
+        return await asyncio.to_thread(
+            self.registry.create, policy.tenant, f"{policy.tenant} corpus", {"kind": "retrieval corpus"},
+            None, None, corpus_store_id(policy.tenant),
+        )  # fmt: skip
 
     # -- stores -----------------------------------------------------------------------------------
 
@@ -126,6 +136,8 @@ class VectorStoresAPI:
 
     async def list(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Any:
+            if policy.retrieval.enabled:
+                await self._store(policy, corpus_store_id(policy.tenant))  # listed beside the others
             records = await asyncio.to_thread(self.registry.list, policy.tenant)
             return _page([store_object(r) for r in records], request, key=lambda o: o["created_at"])
 
@@ -162,6 +174,12 @@ class VectorStoresAPI:
         async def handle(policy: Policy) -> Any:
             store_id = request.path_params["vector_store_id"]
             await self._store(policy, store_id)
+            if store_id == corpus_store_id(policy.tenant):
+                raise bad_request(
+                    "This store is the tenant's retrieval corpus (its policy's retrieval): it is not "
+                    "deleted through the API. Detach its files, or turn retrieval off in the policy.",
+                    param="vector_store_id",
+                )
             retrieval = await self._retrieval()
             await asyncio.to_thread(self.registry.delete, policy.tenant, store_id)
             await asyncio.to_thread(retrieval.store.drop_tenant, index_key(policy.tenant, store_id))
@@ -327,9 +345,15 @@ class VectorStoresAPI:
                     best[hit.chunk.id] = (score, hit)
         names = {}
         items = []
+        # The corpus store also holds documents ingested by the CLI or the admin API: no file
+        # entry, no attributes, cited by their source.
+        documents_too = store_id == corpus_store_id(policy.tenant)
         for score, hit in sorted(best.values(), key=lambda pair: -pair[0]):
             file_id = hit.chunk.doc_id
             entry = record["files"].get(file_id)
+            if entry is None and documents_too:
+                entry = {"status": "completed", "attributes": {}}
+                names.setdefault(file_id, hit.chunk.source)
             if entry is None or entry["status"] != "completed" or score < threshold:
                 continue  # detached meanwhile, or below the caller's threshold
             attributes = entry.get("attributes") or {}
@@ -441,7 +465,7 @@ class VectorStoresAPI:
             max_file_bytes=max(stored.bytes, 1),
         )
         report = Ingestor(retrieval.store.tenant(key), retrieval.embedder, settings).ingest_bytes(
-            key, stored.filename, path.read_bytes(), doc_id=file_id
+            key, stored.filename, path.read_bytes(), doc_id=file_id, cite_name=True
         )
         outcome = report.files[0] if report.files else None
         if outcome is not None and outcome.outcome in ("added", "updated", "unchanged"):

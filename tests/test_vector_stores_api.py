@@ -214,3 +214,38 @@ def test_files_a_stopped_process_was_ingesting_are_ingested_at_start_up(
         assert client.vector_stores.retrieve(record["id"]).file_counts.completed == 1
         found = client.vector_stores.search(record["id"], query="resident parking permit price")
         assert found.data[0].file_id == stored.id
+
+
+def test_the_tenants_retrieval_corpus_is_a_store_that_chat_answers_from(
+    tmp_path: Path, upstream: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One corpus model: a file attached to the corpus store is what chat retrieval cites."""
+    monkeypatch.setenv("MOCK_UPSTREAM_KEY", UPSTREAM_SECRET)
+    acme = {"retrieval": {"enabled": True, "min_confidence": 0.0}}
+    with gateway_with(tmp_path, upstream, config={"retrieval": {"enabled": True}}, acme=acme) as running:
+        client = sdk(running)
+        (corpus,) = [
+            s for s in client.vector_stores.list().data if s.metadata.get("kind") == "retrieval corpus"
+        ]
+        assert client.vector_stores.retrieve(corpus.id).id == corpus.id
+        file_id = upload(client, "parking.md", PARKING)
+        attached = client.vector_stores.files.create_and_poll(vector_store_id=corpus.id, file_id=file_id)
+        assert attached.status == "completed"
+        answer = httpx.post(
+            f"{running.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {ACME_KEY}"},
+            json={
+                "model": "gpt-mock",
+                "messages": [{"role": "user", "content": "How much is a resident parking permit?"}],
+            },
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["citations"][0]["source"] == "parking.md"  # cited by its file name
+        found = client.vector_stores.search(corpus.id, query="resident parking permit")
+        assert found.data[0].file_id == file_id
+        with pytest.raises(openai.BadRequestError):
+            client.vector_stores.delete(corpus.id)
+        client.vector_stores.files.delete(file_id=file_id, vector_store_id=corpus.id)
+        after = client.vector_stores.search(corpus.id, query="resident parking permit")
+        assert file_id not in {r.file_id for r in after.data}

@@ -143,13 +143,23 @@ class Ingestor:
         release_freed_memory()
         return report
 
-    def ingest_bytes(self, tenant: str, name: str, data: bytes, doc_id: str | None = None) -> IngestReport:
-        return self.ingest_many(tenant, [(name, data, doc_id)])
+    def ingest_bytes(
+        self, tenant: str, name: str, data: bytes, doc_id: str | None = None, *, cite_name: bool = False
+    ) -> IngestReport:
+        return self.ingest_many(tenant, [(name, data, doc_id)], cite_name=cite_name)
 
     def ingest_many(
-        self, tenant: str, items: Iterable[tuple[str, bytes, str | None]], *, sync: bool = False
+        self,
+        tenant: str,
+        items: Iterable[tuple[str, bytes, str | None]],
+        *,
+        sync: bool = False,
+        cite_name: bool = False,
     ) -> IngestReport:
-        """Ingest in-memory documents (name selects the format); batched like files are."""
+        """Ingest in-memory documents (name selects the format); batched like files are.
+
+        `cite_name`: citations show the name rather than the doc_id (a vector store's file is kept
+        under its file id, and cited by its file name)."""
         started = time.perf_counter()
         report = IngestReport(tenant)
         known = self.index.document_hashes()
@@ -158,7 +168,10 @@ class Ingestor:
 
         def parse(item: tuple[str, bytes, str | None]) -> ParsedFile:
             name, data, doc_id = item
-            return parse_bytes(name, data, doc_id=doc_id, max_bytes=s.max_file_bytes, chunking=s.chunking)
+            source = name if cite_name else None
+            return parse_bytes(
+                name, data, doc_id=doc_id, source=source, max_bytes=s.max_file_bytes, chunking=s.chunking
+            )
 
         with ThreadPoolExecutor(max_workers=s.parse_threads, thread_name_prefix="parse") as pool:
             self._consume(pool.map(parse, items), known, seen, report)
