@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from gateway.admin import ingest_documents, reindex_tenant, tenant_spend
 from gateway.chain import Handler, compose
@@ -23,6 +23,7 @@ from gateway.config import DEFAULT_DEMO_KEY, DEMO_KEY_ENV, GatewayConfig, load_c
 from gateway.edge import ChatClient, EmbeddingsClient, ModelKind
 from gateway.errors import GatewayError, PoliciesNotApplicable, VectorStoreUnavailable, error_response
 from gateway.files_api import install as install_files_api
+from gateway.mcp_api import install as install_mcp
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.observability import Observability
 from gateway.policy import Policy, PolicySnapshot, PolicyStore, RetrievalPolicy, hash_key, unknown_models
@@ -86,6 +87,7 @@ class Gateway:
         self.responses = ResponsesClient(lambda: self.services.state)
         self.files = install_files_api(self)
         self.vector_stores = install_vector_stores_api(self)
+        self.mcp = install_mcp(self)
         vs = self.vector_stores
         # The hot path, one entry per generating or embedding route (plain ASGI, see proxy.py).
         self._fast_routes = {
@@ -134,6 +136,7 @@ class Gateway:
                     methods=["GET"],
                 ),
                 Route("/v1/vector_stores/{vector_store_id}/search", vs.search, methods=["POST"]),
+                Mount("/mcp", app=self.mcp),
                 Route("/admin/tenants/{tenant}/documents", self.admin_documents, methods=["POST"]),
                 Route("/admin/tenants/{tenant}/reindex", self.admin_reindex, methods=["POST"]),
                 Route("/admin/tenants/{tenant}/spend", self.admin_spend, methods=["GET"]),
@@ -267,6 +270,7 @@ class Gateway:
                         log.warning("could not check tenant %r's index for changes: %s", tenant, exc)
 
     async def stop(self) -> None:
+        await self.mcp.close()
         for task in (self._watcher, self._index_watcher, self._warmup, *self._ledger_tasks):
             if task is not None:
                 task.cancel()

@@ -1,0 +1,99 @@
+"""An MCP server at `/mcp` (streamable HTTP, the official `mcp` package) so agents (Claude Code,
+Cursor, the Agents SDK) reach the tenant's corpus as tools: `search` (ranked passages with their
+source and the retrieval confidence, and whether the tenant's policy would refuse on it) and
+`fetch` (a passage, or a whole document, by id, with its citation); see gateway.mcp_server.
+
+Authenticated by the tenant's API key like every /v1 route (`Authorization: Bearer ...`): a
+request without a valid key gets a 401 in OpenAI's envelope before the MCP layer sees it, and each
+tool call searches only the corpus of the tenant whose key it carries. The `mcp` package is
+imported, and its session manager started, on the first request: a gateway whose clients never
+use MCP does not pay its ~30 MB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.errors import GatewayError, error_response
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+    from gateway.policy import Policy
+    from gateway.retrieval.service import RetrievalService
+
+
+class MCPEndpoint:
+    def __init__(
+        self, policy_of: Callable[[Mapping[str, str]], Policy], retrieval: Callable[[], Any]
+    ) -> None:
+        self._policy_of = policy_of  # headers (lower-case names) -> the tenant's policy, or a 401
+        self._retrieval = retrieval
+        self._app: ASGIApp | None = None
+        self._starting = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            self._policy_of(headers)
+        except GatewayError as error:
+            await error_response(error)(scope, receive, send)
+            return
+        app = self._app or await self._start()
+        await app(scope, receive, send)
+
+    async def _start(self) -> ASGIApp:
+        async with self._starting:
+            if self._app is None:
+                from gateway.mcp_server import build_server
+
+                server, app = build_server(self._policy_of, self._retrieval)
+                ready = asyncio.Event()
+
+                async def run() -> None:
+                    async with server.session_manager.run():
+                        ready.set()
+                        await self._stop.wait()
+
+                self._runner = asyncio.get_running_loop().create_task(run())
+                await ready.wait()
+                self._app = app
+            return self._app
+
+    async def close(self) -> None:
+        """Stop the session manager, if a request started it."""
+        if self._runner is not None:
+            self._stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+
+
+def install(gateway: Gateway) -> MCPEndpoint:
+    from gateway.services import ensure_retrieval
+    from middleware.auth import authenticate, bearer_or_api_key
+
+    def policy_of(headers: Mapping[str, str]) -> Policy:
+        from gateway.edge import ChatClient
+
+        _, policy = authenticate(bearer_or_api_key(headers), gateway.policies.snapshot, ChatClient.key_hint)
+        return policy
+
+    async def retrieval() -> RetrievalService:
+        from gateway.mcp_server import ToolError
+
+        services = gateway.services
+        if services.retrieval is None and not await asyncio.to_thread(ensure_retrieval, services):
+            raise ToolError("retrieval is off in gateway.yaml (retrieval.enabled: false)")
+        assert services.retrieval is not None
+        return services.retrieval
+
+    return MCPEndpoint(policy_of, retrieval)
