@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.cache import make_cache_store
 from gateway.cache.store import CacheStore
-from gateway.config import LOCAL_PROVIDER, GatewayConfig
+from gateway.config import LOCAL_PROVIDER, GatewayConfig, ModelConfig
 from gateway.pricing import Pricing
 from gateway.retrieval.warmup import CorpusWarmup
 from gateway.state import StateBackend, make_state
@@ -87,31 +87,33 @@ class Services:
             self.retrieval.close()
 
 
-def provider_embedding_model(config: GatewayConfig) -> str | None:
-    """The public name of retrieval's embedding model when a provider serves it (each query is then
-    a paid call on the tenant's behalf); None for the bundled model."""
-    name = config.retrieval.embedding_model
+def _provider_embedding(config: GatewayConfig, name: str) -> ModelConfig | None:
+    """The gateway.yaml model `name` when it is an embedding model a provider serves."""
     configured = config.model(name)
     if (
         configured is not None
         and configured.mode == "embedding"
-        and configured.deployments[0].provider != "local"
+        and configured.deployments[0].provider != LOCAL_PROVIDER
     ):
-        return name
+        return configured
     return None
+
+
+def provider_embedding_model(config: GatewayConfig) -> str | None:
+    """The public name of retrieval's embedding model when a provider serves it (each query is then
+    a paid call on the tenant's behalf); None for the bundled model."""
+    name = config.retrieval.embedding_model
+    return name if _provider_embedding(config, name) is not None else None
 
 
 def load_embedder(model: str = "minilm", config: GatewayConfig | None = None) -> Embedder:
     """The bundled model, or a provider embedding model named by its public name in gateway.yaml."""
-    configured = config.model(model) if config is not None else None
-    if (
-        configured is not None
-        and configured.mode == "embedding"
-        and configured.deployments[0].provider != "local"
-    ):
+    provider_model = _provider_embedding(config, model) if config is not None else None
+    if provider_model is not None:
         from gateway.retrieval.provider_embedder import ProviderEmbedder
 
-        return ProviderEmbedder(configured)
+        return ProviderEmbedder(provider_model)
+    configured = config.model(model) if config is not None else None
     from gateway.retrieval.embedder import make_embedder  # onnxruntime: only when configured
 
     return make_embedder("minilm" if configured is not None else model)

@@ -115,6 +115,10 @@ class Settlement:
     cost_nanos: int = 0  # what it cost, replacing the budget reservations (0: nothing was generated)
     records: tuple[SpendRecord, ...] = ()  # the settled-spend report lines (none: no known price)
 
+    def line_cost(self, record: SpendRecord) -> int:
+        """What a report line books: its own cost (a batch's line), else the settlement's."""
+        return self.cost_nanos if record.cost_nanos is None else record.cost_nanos
+
     def corrects_tokens(self) -> bool:
         return self.tokens is not None and any(
             c.kind == "tokens" and c.cost != self.tokens for c in self.ticket.rates
@@ -139,7 +143,7 @@ def merge_reports(settlements: list[Settlement]) -> list[Settlement]:
         per_tenant = lines.setdefault(settlement.tenant, {})
         for record in settlement.records:
             line = per_tenant.setdefault((record.day, record.model, record.key_id), [0, 0, 0])
-            line[0] += settlement.cost_nanos if record.cost_nanos is None else record.cost_nanos
+            line[0] += settlement.line_cost(record)
             line[1] += record.requests
             line[2] = max(line[2], record.expires_at)
     batches = []

@@ -154,7 +154,7 @@ class MemoryState:
                 self._ledger_expiry.setdefault(budget.key, budget.expires_at)
         for record in settlement.records:
             report = self._reports.setdefault(f"{record.tenant}:{record.day}", {})
-            cost = settlement.cost_nanos if record.cost_nanos is None else record.cost_nanos
+            cost = settlement.line_cost(record)
             for name, amount in (
                 (f"m:{record.model}", cost),
                 (f"r:{record.model}", record.requests),

@@ -126,8 +126,13 @@ class RedisState:
             args.append(budget.amount_nanos)
         for record in settlement.records:
             keys.append(report_key(record.tenant, record.day))
-            cost = settlement.cost_nanos if record.cost_nanos is None else record.cost_nanos
-            args += [record.expires_at, record.model, record.key_id, cost, record.requests]
+            args += [
+                record.expires_at,
+                record.model,
+                record.key_id,
+                settlement.line_cost(record),
+                record.requests,
+            ]
         return bool(await self._run(self._settle, keys, args))
 
     async def renew(self, tickets: list[Ticket]) -> None:
