@@ -82,7 +82,7 @@ class Gateway:
         self._watcher: asyncio.Task[None] | None = None
         self._index_watcher: asyncio.Task[None] | None = None
         self._warmup: asyncio.Task[None] | None = None
-        self._ledger_tasks: list[asyncio.Task[None]] = []  # lease renewal
+        self._leases: asyncio.Task[None] | None = None  # renews this process's budget reservations
         self._startup_error: str | None = None  # what keeps the gateway from starting, in words
         self.responses = ResponsesClient(lambda: self.services.state)
         self.files = install_files_api(self)
@@ -211,7 +211,7 @@ class Gateway:
                 redacted_state(self.config.state),
             )
         self._watcher = asyncio.create_task(self.policies.watch())
-        self._ledger_tasks = [asyncio.create_task(self.services.leases.run())]
+        self._leases = asyncio.create_task(self.services.leases.run())
         self.services.journal.start()  # replays and batches until services.close()
         await self.vector_stores.resume()  # files a stopped process was ingesting
         if self.services.warmup.seeds:
@@ -271,7 +271,7 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.mcp.close()
-        for task in (self._watcher, self._index_watcher, self._warmup, *self._ledger_tasks):
+        for task in (self._watcher, self._index_watcher, self._warmup, self._leases):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
