@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from gateway.admin import ingest_documents, reindex_tenant, tenant_spend
+from gateway.api_routes import list_page
 from gateway.chain import Handler, compose
 from gateway.config import DEFAULT_DEMO_KEY, DEMO_KEY_ENV, GatewayConfig, load_config
 from gateway.edge import ChatClient, EmbeddingsClient, ModelKind
@@ -360,8 +361,11 @@ class Gateway:
 
     def authenticated_policy(self, request: Request) -> Policy:
         """The policy of the tenant whose API key the request carries (a 401 GatewayError if none)."""
-        key = bearer_or_api_key(request_headers(request.scope))
-        _, policy = authenticate(key, self.policies.snapshot, ChatClient.key_hint)
+        return self.policy_of_headers(request_headers(request.scope))
+
+    def policy_of_headers(self, headers: dict[str, str]) -> Policy:
+        """The same, from ASGI headers (lower-case names)."""
+        _, policy = authenticate(bearer_or_api_key(headers), self.policies.snapshot, ChatClient.key_hint)
         return policy
 
     async def list_models(self, request: Request) -> Response:
@@ -420,15 +424,7 @@ class Gateway:
         items = list(record["input"])
         if request.query_params.get("order", "desc") == "desc":
             items.reverse()  # OpenAI lists the newest item first unless asked otherwise
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": items,
-                "first_id": items[0].get("id") if items else None,
-                "last_id": items[-1].get("id") if items else None,
-                "has_more": False,
-            }
-        )
+        return JSONResponse(list_page(items, has_more=False))
 
     async def admin_documents(self, request: Request) -> Response:
         return await ingest_documents(self, request)

@@ -52,14 +52,23 @@ class StoredFile:
         return body
 
 
+def new_id(prefix: str) -> str:
+    """An id of this gateway's own: the prefix and 24 hex digits (`file-...`, `vs_...`)."""
+    return prefix + secrets.token_hex(12)
+
+
+def is_own_id(value: str, prefix: str) -> bool:
+    """Only ids made by new_id: nothing in a path can reach outside the tenant's folder."""
+    rest = value.removeprefix(prefix)
+    return value.startswith(prefix) and len(rest) == 24 and all(c in "0123456789abcdef" for c in rest)
+
+
 def new_file_id() -> str:
-    return ID_PREFIX + secrets.token_hex(12)
+    return new_id(ID_PREFIX)
 
 
 def valid_file_id(file_id: str) -> bool:
-    """Only ids this store makes: nothing in a path can reach outside the tenant's folder."""
-    rest = file_id.removeprefix(ID_PREFIX)
-    return file_id.startswith(ID_PREFIX) and len(rest) == 24 and all(c in "0123456789abcdef" for c in rest)
+    return is_own_id(file_id, ID_PREFIX)
 
 
 class FileStore:

@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.types import Message
 
-from gateway.errors import GatewayError, bad_request, error_response
+from gateway.api_routes import answer, list_page, page_query
+from gateway.errors import GatewayError, bad_request
 from gateway.files import FileStore, StoredFile
 from gateway.retrieval.formats import detect_kind
 
@@ -55,12 +56,6 @@ class FilesAPI:
         self.max_bytes = max_bytes
         self._policy_of = policy_of  # the tenant a request's API key belongs to, or a 401
 
-    async def _guarded(self, request: Request, handle: Callable[[Policy], Awaitable[Response]]) -> Response:
-        try:
-            return await handle(self._policy_of(request))
-        except GatewayError as error:
-            return error_response(error)
-
     # -- routes -----------------------------------------------------------------------------------
 
     async def create(self, request: Request) -> Response:
@@ -83,43 +78,28 @@ class FilesAPI:
                 await upload.close()
             return JSONResponse(stored.to_openai())
 
-        return await self._guarded(request, handle)
+        return await answer(request, self._policy_of, handle)
 
     async def list(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Response:
             query = request.query_params
-            order = query.get("order", "desc")
-            if order not in ("asc", "desc"):
-                raise bad_request(f"order must be 'asc' or 'desc', not {order!r}", param="order")
-            raw_limit = query.get("limit", str(MAX_LIST))
-            if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST:
-                raise bad_request(f"limit must be an integer from 1 to {MAX_LIST}", param="limit")
-            limit = int(raw_limit)
+            order, limit = page_query(query, MAX_LIST, MAX_LIST)
             files = await asyncio.to_thread(
                 self.store.list,
                 policy.tenant,
                 query.get("purpose"),
-                order,
-                query.get("after"),  # type: ignore[arg-type]
+                order,  # type: ignore[arg-type]
+                query.get("after"),
             )
-            page = files[:limit]
-            return JSONResponse(
-                {
-                    "object": "list",
-                    "data": [f.to_openai() for f in page],
-                    "first_id": page[0].id if page else None,
-                    "last_id": page[-1].id if page else None,
-                    "has_more": len(files) > limit,
-                }
-            )
+            return JSONResponse(list_page([f.to_openai() for f in files[:limit]], len(files) > limit))
 
-        return await self._guarded(request, handle)
+        return await answer(request, self._policy_of, handle)
 
     async def retrieve(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Response:
             return JSONResponse((await self._existing(policy, request)).to_openai())
 
-        return await self._guarded(request, handle)
+        return await answer(request, self._policy_of, handle)
 
     async def content(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Response:
@@ -129,7 +109,7 @@ class FilesAPI:
                 raise not_found(file_id)
             return FileResponse(path, media_type="application/octet-stream")
 
-        return await self._guarded(request, handle)
+        return await answer(request, self._policy_of, handle)
 
     async def delete(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Response:
@@ -138,7 +118,7 @@ class FilesAPI:
                 raise not_found(file_id)
             return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
-        return await self._guarded(request, handle)
+        return await answer(request, self._policy_of, handle)
 
     # -- helpers ----------------------------------------------------------------------------------
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import GatewayError, error_response
+from gateway.proxy import request_headers
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -28,10 +29,8 @@ if TYPE_CHECKING:
 
 
 class MCPEndpoint:
-    def __init__(
-        self, policy_of: Callable[[Mapping[str, str]], Policy], retrieval: Callable[[], Any]
-    ) -> None:
-        self._policy_of = policy_of  # headers (lower-case names) -> the tenant's policy, or a 401
+    def __init__(self, policy_of: Callable[[dict[str, str]], Policy], retrieval: Callable[[], Any]) -> None:
+        self._policy_of = policy_of  # ASGI headers -> the tenant's policy, or a 401
         self._retrieval = retrieval
         self._app: ASGIApp | None = None
         self._starting = asyncio.Lock()
@@ -41,9 +40,8 @@ class MCPEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            self._policy_of(headers)
+            self._policy_of(request_headers(scope))
         except GatewayError as error:
             await error_response(error)(scope, receive, send)
             return
@@ -78,22 +76,14 @@ class MCPEndpoint:
 
 
 def install(gateway: Gateway) -> MCPEndpoint:
-    from gateway.services import ensure_retrieval
-    from middleware.auth import authenticate, bearer_or_api_key
-
-    def policy_of(headers: Mapping[str, str]) -> Policy:
-        from gateway.edge import ChatClient
-
-        _, policy = authenticate(bearer_or_api_key(headers), gateway.policies.snapshot, ChatClient.key_hint)
-        return policy
+    from gateway.services import retrieval_if_enabled
 
     async def retrieval() -> RetrievalService:
         from gateway.mcp_server import ToolError
 
-        services = gateway.services
-        if services.retrieval is None and not await asyncio.to_thread(ensure_retrieval, services):
+        service = await retrieval_if_enabled(gateway.services)
+        if service is None:
             raise ToolError("retrieval is off in gateway.yaml (retrieval.enabled: false)")
-        assert services.retrieval is not None
-        return services.retrieval
+        return service
 
-    return MCPEndpoint(policy_of, retrieval)
+    return MCPEndpoint(gateway.policy_of_headers, retrieval)

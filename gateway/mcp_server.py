@@ -4,7 +4,7 @@ gateway.mcp_api on the first /mcp request: the `mcp` package costs ~30 MB and 0.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -28,7 +28,7 @@ INSTRUCTIONS = (
 
 
 def build_server(
-    policy_of: Callable[[Mapping[str, str]], Policy],
+    policy_of: Callable[[dict[str, str]], Policy],
     retrieval: Callable[[], Awaitable[RetrievalService]],
 ) -> tuple[MCPServer, ASGIApp]:
     """The server (stateless, JSON answers: any replica answers any call) and its ASGI app."""

@@ -205,6 +205,17 @@ def ensure_retrieval(services: Services) -> bool:
     return True
 
 
+async def retrieval_if_enabled(services: Services) -> RetrievalService | None:
+    """The retrieval service for an API that searches (vector stores, MCP), opened in a worker thread
+    on first use; None when gateway.yaml turns retrieval off (checked first: no embedder is loaded
+    for an answer that is a refusal anyway)."""
+    if services.retrieval is None:
+        if services.config.retrieval.enabled is False:
+            return None
+        await asyncio.to_thread(ensure_retrieval, services)
+    return services.retrieval
+
+
 def open_retrieval(config: GatewayConfig, embedder: Embedder) -> tuple[RetrievalService, Probe]:
     """The retrieval service over the configured vector store, and its readiness probe."""
     from gateway.retrieval.index import IndexStore, make_chroma_client

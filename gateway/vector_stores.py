@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import threading
 import time
 from pathlib import Path
@@ -20,18 +19,18 @@ from typing import Any
 
 import orjson
 
+from gateway.files import is_own_id, new_id
+
 ID_PREFIX = "vs_"
-FileStatus = str  # "in_progress" | "completed" | "failed" | "cancelled"
 COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin")
 
 
 def new_store_id() -> str:
-    return ID_PREFIX + secrets.token_hex(12)
+    return new_id(ID_PREFIX)
 
 
 def valid_store_id(store_id: str) -> bool:
-    rest = store_id.removeprefix(ID_PREFIX)
-    return store_id.startswith(ID_PREFIX) and len(rest) == 24 and all(c in "0123456789abcdef" for c in rest)
+    return is_own_id(store_id, ID_PREFIX)
 
 
 def corpus_store_id(tenant: str) -> str:
@@ -122,6 +121,16 @@ class VectorStoreRegistry:
             record["last_active_at"] = int(time.time())
             self._write(tenant, record)
             return entry
+
+    def add_batch(self, tenant: str, store_id: str, batch_id: str, file_ids: list[str]) -> None:
+        with self._lock:
+            record = self.get(tenant, store_id)
+            if record is not None:
+                record.setdefault("batches", {})[batch_id] = {
+                    "file_ids": file_ids,
+                    "created_at": int(time.time()),
+                }
+                self._write(tenant, record)
 
     def remove_file(self, tenant: str, store_id: str, file_id: str) -> bool:
         with self._lock:

@@ -19,13 +19,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.errors import GatewayError, bad_request, error_response
+from gateway.api_routes import answer, list_page, page_query
+from gateway.errors import GatewayError, bad_request
 from gateway.files import FileStore
 from gateway.files_api import not_found as file_not_found
+from gateway.validation import parse_json_object
 from gateway.vector_stores import (
     VectorStoreRegistry,
     corpus_store_id,
@@ -75,24 +76,9 @@ class VectorStoresAPI:
         self._tasks: set[asyncio.Task[None]] = set()  # ingestions running (held so they are not collected)
         self._ingesting = asyncio.Lock()
 
-    async def _guarded(self, request: Request, handle: Callable[[Policy], Awaitable[Any]]) -> Response:
-        try:
-            result = await handle(self._policy_of(request))
-        except GatewayError as error:
-            return error_response(error)
-        return result if isinstance(result, Response) else JSONResponse(result)
-
     async def _body(self, request: Request) -> dict[str, Any]:
         raw = await request.body()
-        if not raw.strip():
-            return {}
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise bad_request(f"The body is not valid JSON: {exc}", code="invalid_json") from exc
-        if not isinstance(body, dict):
-            raise bad_request("The body must be a JSON object.")
-        return body
+        return parse_json_object(raw) if raw.strip() else {}  # an empty body: every field defaults
 
     async def _store(self, policy: Policy, store_id: str) -> dict[str, Any]:
         record = await asyncio.to_thread(self.registry.get, policy.tenant, store_id)
@@ -132,7 +118,7 @@ class VectorStoresAPI:
                 await self._attach(policy, record["id"], file_id, {}, chunking)
             return store_object(await self._store(policy, record["id"]))
 
-        return await self._guarded(request, handle)
+        return await answer(request, self._policy_of, handle)
 
     async def list(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Any:
@@ -141,13 +127,13 @@ class VectorStoresAPI:
             records = await asyncio.to_thread(self.registry.list, policy.tenant)
             return _page([store_object(r) for r in records], request, key=lambda o: o["created_at"])
 
-        return await self._guarded(request, handle)
+        return await answer(request, self._policy_of, handle)
 
     async def retrieve(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Any:
             return store_object(await self._store(policy, request.path_params["vector_store_id"]))
 
-        return await self._guarded(request, handle)
+        return await answer(request, self._policy_of, handle)
 
     async def modify(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Any:
@@ -168,7 +154,7 @@ class VectorStoresAPI:
                 raise store_not_found(store_id)
             return store_object(record)
 
-        return await self._guarded(request, handle)
+        return await answer(request, self._policy_of, handle)
 
     async def delete(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Any:
@@ -185,7 +171,7 @@ class VectorStoresAPI:
             await asyncio.to_thread(retrieval.store.drop_tenant, index_key(policy.tenant, store_id))
             return {"id": store_id, "object": "vector_store.deleted", "deleted": True}
 
-        return await self._guarded(request, handle)
+        return await answer(request, self._policy_of, handle)
 
     # -- files ------------------------------------------------------------------------------------
 
@@ -199,14 +185,11 @@ class VectorStoresAPI:
                 raise bad_request(
                     "file_id is required: the id of a file uploaded with POST /v1/files", param="file_id"
                 )
-            await self._require_files(policy, [file_id])
-            attributes = _attributes(body.get("attributes"))
-            chunking = self._chunking(body.get("chunking_strategy"), record.get("chunking"))
-            await self._retrieval()
+            attributes, chunking = await self._attachment(policy, record, body, [file_id])
             entry = await self._attach(policy, store_id, file_id, attributes, chunking)
             return file_object(store_id, file_id, entry)
 
-        return await self._guarded(request, handle)
+        return await answer(request, self._policy_of, handle)
 
     async def list_files(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Any:
@@ -214,7 +197,7 @@ class VectorStoresAPI:
             record = await self._store(policy, store_id)
             return _file_page(store_id, record, list(record["files"]), request)
 
-        return await self._guarded(request, handle)
+        return await answer(request, self._policy_of, handle)
 
     async def retrieve_file(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Any:
@@ -225,7 +208,7 @@ class VectorStoresAPI:
                 raise file_not_found(file_id)
             return file_object(store_id, file_id, entry)
 
-        return await self._guarded(request, handle)
+        return await answer(request, self._policy_of, handle)
 
     async def detach(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Any:
@@ -238,7 +221,7 @@ class VectorStoresAPI:
             await asyncio.to_thread(index.apply, deletes=[file_id])
             return {"id": file_id, "object": "vector_store.file.deleted", "deleted": True}
 
-        return await self._guarded(request, handle)
+        return await answer(request, self._policy_of, handle)
 
     # -- file batches -----------------------------------------------------------------------------
 
@@ -254,28 +237,21 @@ class VectorStoresAPI:
                 or not all(isinstance(f, str) for f in file_ids)
             ):
                 raise bad_request("file_ids must be a non-empty list of file ids", param="file_ids")
-            await self._require_files(policy, file_ids)
-            attributes = _attributes(body.get("attributes"))
-            chunking = self._chunking(body.get("chunking_strategy"), record.get("chunking"))
-            await self._retrieval()
+            attributes, chunking = await self._attachment(policy, record, body, file_ids)
             batch_id = "vsfb_" + secrets.token_hex(12)
-            batches = {
-                **record.get("batches", {}),
-                batch_id: {"file_ids": file_ids, "created_at": int(time.time())},
-            }
-            await asyncio.to_thread(self.registry.update, policy.tenant, store_id, batches=batches)
+            await asyncio.to_thread(self.registry.add_batch, policy.tenant, store_id, batch_id, file_ids)
             for file_id in file_ids:
                 await self._attach(policy, store_id, file_id, attributes, chunking)
             return _batch_object(store_id, batch_id, await self._store(policy, store_id))
 
-        return await self._guarded(request, handle)
+        return await answer(request, self._policy_of, handle)
 
     async def retrieve_batch(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Any:
             store_id, batch_id = request.path_params["vector_store_id"], request.path_params["batch_id"]
             return _batch_object(store_id, batch_id, await self._store(policy, store_id))
 
-        return await self._guarded(request, handle)
+        return await answer(request, self._policy_of, handle)
 
     async def batch_files(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Any:
@@ -288,7 +264,7 @@ class VectorStoresAPI:
                 store_id, record, [f for f in batch["file_ids"] if f in record["files"]], request
             )
 
-        return await self._guarded(request, handle)
+        return await answer(request, self._policy_of, handle)
 
     # -- search -----------------------------------------------------------------------------------
 
@@ -320,7 +296,7 @@ class VectorStoresAPI:
                 policy, store_id, record, retrieval, queries, limit, condition, threshold
             )
 
-        return await self._guarded(request, handle)
+        return await answer(request, self._policy_of, handle)
 
     async def _search(
         self,
@@ -402,6 +378,17 @@ class VectorStoresAPI:
         task = asyncio.get_running_loop().create_task(self._ingest(tenant, store_id, file_id, chunking))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _attachment(
+        self, policy: Policy, record: dict[str, Any], body: dict[str, Any], file_ids: list[str]
+    ) -> tuple[dict[str, Any], dict[str, int]]:
+        """The attributes and chunking of files about to be attached, once the files and retrieval
+        are known to be there."""
+        await self._require_files(policy, file_ids)
+        attributes = _attributes(body.get("attributes"))
+        chunking = self._chunking(body.get("chunking_strategy"), record.get("chunking"))
+        await self._retrieval()
+        return attributes, chunking
 
     async def _require_files(self, policy: Policy, file_ids: list[str]) -> None:
         for file_id in file_ids:
@@ -545,26 +532,14 @@ def _page(
 ) -> dict[str, Any]:
     """OpenAI's cursor page: `limit` (1-100, 20), `order` (desc), `after` / `before` ids."""
     query = request.query_params
-    order = query.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise bad_request(f"order must be 'asc' or 'desc', not {order!r}", param="order")
-    raw = query.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
-        raise bad_request("limit must be an integer from 1 to 100", param="limit")
+    order, limit = page_query(query, 20, 100)
     ordered = sorted(objects, key=lambda o: (key(o), o["id"]), reverse=order == "desc")
     ids = [o["id"] for o in ordered]
     if (after := query.get("after")) is not None:
         ordered = ordered[ids.index(after) + 1 :] if after in ids else []
     if (before := query.get("before")) is not None:
         ordered = ordered[: ids.index(before)] if before in ids else []
-    page = ordered[: int(raw)]
-    return {
-        "object": "list",
-        "data": page,
-        "first_id": page[0]["id"] if page else None,
-        "last_id": page[-1]["id"] if page else None,
-        "has_more": len(ordered) > len(page),
-    }
+    return list_page(ordered[:limit], len(ordered) > limit)
 
 
 def _metadata(value: Any) -> dict[str, str]:
@@ -637,17 +612,16 @@ def _threshold(options: Any) -> float:
 
 
 def install(gateway: Gateway) -> VectorStoresAPI:
-    from gateway.services import ensure_retrieval
+    from gateway.services import retrieval_if_enabled
 
     async def retrieval() -> RetrievalService:
-        services = gateway.services
-        if services.retrieval is None and not await asyncio.to_thread(ensure_retrieval, services):
+        service = await retrieval_if_enabled(gateway.services)
+        if service is None:
             raise bad_request(
                 "Vector stores need retrieval, which gateway.yaml turns off (retrieval.enabled: false).",
                 code="retrieval_disabled",
             )
-        assert services.retrieval is not None
-        return services.retrieval
+        return service
 
     config = gateway.config
     root = config.resolve(config.files.dir)

@@ -61,14 +61,6 @@ class StateURL:
         return f"{self.kind} {where}" + (f" service {self.service}" if self.service else "")
 
 
-def is_redis_url(url: str) -> bool:
-    try:
-        parse(url)
-    except ValueError:
-        return False
-    return True
-
-
 def parse(url: str) -> StateURL:
     scheme, sep, rest = url.partition("://")
     if not sep:
