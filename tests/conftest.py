@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +65,14 @@ def serve_expecting_exit(config_path: Path, timeout_s: float = 120) -> subproces
         timeout=timeout_s,
         env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
     )
+
+
+async def until(probe: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
+    """Poll an async condition until it holds, failing the test at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not await probe():
+        assert time.monotonic() < deadline, "the condition did not hold in time"
+        await asyncio.sleep(0.02)
 
 
 def wait_until_answering(server: subprocess.Popen, url: str, timeout_s: float = 60) -> None:

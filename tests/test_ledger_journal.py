@@ -8,8 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,18 +19,11 @@ from gateway.state.journal import SettleJournal, read_lines
 from gateway.state.memory import MemoryState
 from gateway.state.redis_backend import RedisState
 from gateway.state.settings import BudgetPolicy
-from tests.conftest import PrivateRedis
+from tests.conftest import PrivateRedis, until
 from tests.test_admission import make_ctx, ok_handler, stage
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 FAR = 4_000_000_000
-
-
-async def until(probe: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await probe():
-        assert time.monotonic() < deadline, "the condition did not hold in time"
-        await asyncio.sleep(0.05)
 
 
 def cost_of(headers: dict[str, str]) -> int:
@@ -71,7 +62,7 @@ async def test_requests_served_while_redis_is_down_are_booked_when_it_returns(
         await journal.replay()
         return not journal.pending
 
-    await until(booked)
+    await until(booked, 10)
     assert read_lines(journal.path) == []
     assert await state.ledger(ledger_key("acme")) == sum(served[1:])
     report = await spend_report(state, "acme", days=1)
@@ -106,7 +97,7 @@ async def test_a_settle_that_timed_out_on_a_frozen_redis_is_counted_once(
         await journal.replay()
         return not journal.pending
 
-    await until(booked)
+    await until(booked, 10)
     assert await state.ledger(ledger_key("frozen")) == cost
     report = await spend_report(state, "frozen", days=1)
     assert report["requests"] == 1
@@ -155,7 +146,7 @@ async def test_a_killed_processs_journal_is_taken_over_and_booked(tmp_path: Path
         async def booked() -> bool:
             return await state.ledger("{orphan}:usd:day") == 100 + 101 + 102
 
-        await until(booked)
+        await until(booked, 10)
     finally:
         task.cancel()
     assert orphan not in files_in(tmp_path)  # taken over and removed
@@ -231,7 +222,7 @@ async def test_requests_without_a_budget_are_booked_in_batches(
         report = await spend_report(redis, "batched", days=1)
         return report["requests"] == 60 and round(report["cost_usd"] * 1e9) == served
 
-    await until(booked)
+    await until(booked, 10)
     assert counting.settles <= 3  # one batch per tick, not 60 round trips
     report = await spend_report(redis, "batched", days=1)
     assert set(report["days"][0]["keys"]) == {"k0", "k1"}

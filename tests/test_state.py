@@ -11,7 +11,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import date
 
 import pytest
@@ -28,6 +28,7 @@ from gateway.state import (
 )
 from gateway.state.memory import MemoryState
 from gateway.state.redis_connect import parse
+from tests.conftest import until
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 FAR = 4_000_000_000  # an expiry far in the future (unix seconds)
@@ -69,13 +70,6 @@ async def short_lease(backend_url: str) -> AsyncIterator[StateBackend]:
     backend = make_state(backend_url, lease_s=0.3)
     yield backend
     await backend.close()
-
-
-async def until(probe: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await probe():
-        assert time.monotonic() < deadline, "the condition did not hold in time"
-        await asyncio.sleep(0.02)
 
 
 def tenant() -> str:
