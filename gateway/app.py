@@ -195,6 +195,7 @@ class Gateway:
             self._services = await asyncio.to_thread(
                 build_services, self.config, None, self.observability.tracing
             )
+        self.services.vector_stores = self.vector_stores.searcher  # the file_search tool's
         # In a thread: building the chains may load the embedder and open the vector store.
         errors = await asyncio.to_thread(self.policies.load)
         for error in errors:

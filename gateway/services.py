@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from gateway.retrieval.embedder import Embedder
     from gateway.retrieval.service import RetrievalService
     from gateway.retrieval.tokens import TokenCounter
+    from gateway.store_search import StoreSearch
 
 log = logging.getLogger("rag_gateway.services")
 Probe = Callable[[], Awaitable[tuple[bool, str]]]
@@ -76,6 +77,7 @@ class Services:
     token_counter: TokenCounter | None = None  # the embedder's tokenizer, for chunk budgets
     readiness: dict[str, Probe] = field(default_factory=dict)  # what /readyz checks
     warmup: CorpusWarmup = field(default_factory=CorpusWarmup)  # seed corpora being ingested
+    vector_stores: StoreSearch | None = None  # the tenants' vector stores, for the file_search tool
 
     async def close(self) -> None:
         for client in self.clients.values():

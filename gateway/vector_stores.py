@@ -19,10 +19,12 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import bad_request
 from gateway.files import is_own_id, new_id
 
 ID_PREFIX = "vs_"
 COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin")
+RANKERS = ("auto", "none", "default-2024-11-15")
 
 
 def new_store_id() -> str:
@@ -272,3 +274,20 @@ def filter_problem(condition: Any, path: str = "filters") -> str | None:
     elif not isinstance(value, str | int | float | bool):
         return f"{path}.value must be a string, number or boolean for `{kind}`"
     return None
+
+
+def score_threshold(options: Any, path: str = "ranking_options") -> float:
+    """`ranking_options.score_threshold` (0 when absent), or a 400 naming what is wrong."""
+    if options is None:
+        return 0.0
+    if not isinstance(options, dict):
+        raise bad_request(f"{path} must be an object", param=path)
+    ranker = options.get("ranker", "auto")
+    if ranker not in RANKERS:
+        raise bad_request(f"{path}.ranker must be one of {', '.join(RANKERS)}", param=f"{path}.ranker")
+    threshold = options.get("score_threshold", 0.0)
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+        raise bad_request(
+            f"{path}.score_threshold must be a number from 0 to 1", param=f"{path}.score_threshold"
+        )
+    return float(threshold)

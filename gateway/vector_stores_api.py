@@ -26,6 +26,7 @@ from gateway.api_routes import answer, list_page, page_query
 from gateway.errors import GatewayError, bad_request
 from gateway.files import FileStore
 from gateway.files_api import not_found as file_not_found
+from gateway.store_search import MAX_RESULTS, StoreSearch, store_not_found
 from gateway.validation import parse_json_object
 from gateway.vector_stores import (
     VectorStoreRegistry,
@@ -34,7 +35,7 @@ from gateway.vector_stores import (
     file_object,
     filter_problem,
     index_key,
-    matches,
+    score_threshold,
     store_object,
 )
 
@@ -45,18 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rag_gateway.vector_stores")
 MAX_CHUNK_TOKENS = (100, 2048)  # OpenAI allows up to 4096; the chunker here stops at 2048
-MAX_RESULTS = 50
-SEARCH_CANDIDATES = 100
-RANKERS = ("auto", "none", "default-2024-11-15")
-
-
-def store_not_found(store_id: str) -> GatewayError:
-    return GatewayError(
-        404,
-        f"No vector store found with id '{store_id}'.",
-        code="vector_store_not_found",
-        param="vector_store_id",
-    )
 
 
 class VectorStoresAPI:
@@ -71,6 +60,7 @@ class VectorStoresAPI:
         self.registry = registry
         self.files = files
         self._retrieval = retrieval
+        self.searcher = StoreSearch(registry, files, retrieval)
         self.default_chunking = default_chunking
         self._policy_of = policy_of
         self._tasks: set[asyncio.Task[None]] = set()  # ingestions running (held so they are not collected)
@@ -81,19 +71,7 @@ class VectorStoresAPI:
         return parse_json_object(raw) if raw.strip() else {}  # an empty body: every field defaults
 
     async def _store(self, policy: Policy, store_id: str) -> dict[str, Any]:
-        record = await asyncio.to_thread(self.registry.get, policy.tenant, store_id)
-        if record is None and store_id == corpus_store_id(policy.tenant) and policy.retrieval.enabled:
-            record = await self._corpus_record(policy)
-        if record is None:
-            raise store_not_found(store_id)
-        return record
-
-    async def _corpus_record(self, policy: Policy) -> dict[str, Any]:
-        """The store that stands for the tenant's retrieval corpus, recorded on first sight."""
-        return await asyncio.to_thread(
-            self.registry.create, policy.tenant, f"{policy.tenant} corpus", {"kind": "retrieval corpus"},
-            None, None, corpus_store_id(policy.tenant),
-        )  # fmt: skip
+        return await self.searcher.record(policy, store_id)
 
     # -- stores -----------------------------------------------------------------------------------
 
@@ -271,9 +249,7 @@ class VectorStoresAPI:
     async def search(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Any:
             store_id = request.path_params["vector_store_id"]
-            record = await self._store(policy, store_id)
-            if store_object(record)["status"] == "expired":
-                raise bad_request(f"The vector store {store_id} has expired.", param="vector_store_id")
+            record = await self.searcher.searchable(policy, store_id)
             body = await self._body(request)
             queries = _queries(body.get("query"))
             limit = body.get("max_num_results", 10)
@@ -284,84 +260,28 @@ class VectorStoresAPI:
             condition = body.get("filters")
             if condition is not None and (problem := filter_problem(condition)):
                 raise bad_request(problem, param="filters")
-            threshold = _threshold(body.get("ranking_options"))
+            threshold = score_threshold(body.get("ranking_options"))
             if body.get("rewrite_query"):
                 raise bad_request(
                     "rewrite_query is not supported: the gateway searches the query as given (hybrid "
                     "dense + BM25 search needs no rewrite). Leave it false.",
                     param="rewrite_query",
                 )
-            retrieval = await self._retrieval()
-            return await self._search(
-                policy, store_id, record, retrieval, queries, limit, condition, threshold
+            found = await self.searcher.search(
+                policy, [(store_id, record)], queries, limit, condition, threshold
             )
+            page = {
+                "object": "vector_store.search_results.page",
+                "search_query": queries,
+                "data": [result.as_openai() for result in found.results],
+                "has_more": False,
+                "next_page": None,
+            }
+            # Ours: how likely these results answer the query (the refusal policy's signal), in a
+            # header as on chat answers: OpenAI's page schema admits no extra field.
+            return JSONResponse(page, headers={"x-gateway-confidence": f"{found.confidence:.3f}"})
 
         return await answer(request, self._policy_of, handle)
-
-    async def _search(
-        self,
-        policy: Policy,
-        store_id: str,
-        record: dict[str, Any],
-        retrieval: RetrievalService,
-        queries: list[str],
-        limit: int,
-        condition: dict[str, Any] | None,
-        threshold: float,
-    ) -> Response:
-        key = index_key(policy.tenant, store_id)
-        best: dict[str, tuple[float, Any]] = {}
-        confidence = 0.0
-        for query in queries:
-            result = await retrieval.search(key, query, MAX_RESULTS, SEARCH_CANDIDATES)
-            confidence = max(confidence, result.confidence)
-            for hit in result.hits:
-                score = min(1.0, max(0.0, hit.dense_score or 0.0))
-                if hit.chunk.id not in best or best[hit.chunk.id][0] < score:
-                    best[hit.chunk.id] = (score, hit)
-        names = {}
-        items = []
-        # The corpus store also holds documents ingested by the CLI or the admin API: no file
-        # entry, no attributes, cited by their source.
-        documents_too = store_id == corpus_store_id(policy.tenant)
-        for score, hit in sorted(best.values(), key=lambda pair: -pair[0]):
-            file_id = hit.chunk.doc_id
-            entry = record["files"].get(file_id)
-            if entry is None and documents_too:
-                entry = {"status": "completed", "attributes": {}}
-                names.setdefault(file_id, hit.chunk.source)
-            if entry is None or entry["status"] != "completed" or score < threshold:
-                continue  # detached meanwhile, or below the caller's threshold
-            attributes = entry.get("attributes") or {}
-            if condition is not None and not matches(attributes, condition):
-                continue
-            if file_id not in names:
-                stored = await asyncio.to_thread(self.files.get, policy.tenant, file_id)
-                names[file_id] = stored.filename if stored is not None else file_id
-            items.append(
-                {
-                    "file_id": file_id,
-                    "filename": names[file_id],
-                    "score": round(score, 6),
-                    "attributes": attributes,
-                    "content": [{"type": "text", "text": hit.chunk.text}],
-                }
-            )
-            if len(items) == limit:
-                break
-        await asyncio.to_thread(
-            self.registry.update, policy.tenant, store_id, last_active_at=int(time.time())
-        )
-        page = {
-            "object": "vector_store.search_results.page",
-            "search_query": queries,
-            "data": items,
-            "has_more": False,
-            "next_page": None,
-        }
-        # Ours: how likely these results answer the query (the refusal policy's signal), in a header
-        # as on chat answers: OpenAI's page schema admits no extra field.
-        return JSONResponse(page, headers={"x-gateway-confidence": f"{confidence:.3f}"})
 
     # -- ingestion --------------------------------------------------------------------------------
 
@@ -590,25 +510,6 @@ def _queries(value: Any) -> list[str]:
     if isinstance(value, list) and value and all(isinstance(q, str) and q.strip() for q in value):
         return list(value)
     raise bad_request("query is required: a string, or a list of strings", param="query")
-
-
-def _threshold(options: Any) -> float:
-    if options is None:
-        return 0.0
-    if not isinstance(options, dict):
-        raise bad_request("ranking_options must be an object", param="ranking_options")
-    ranker = options.get("ranker", "auto")
-    if ranker not in RANKERS:
-        raise bad_request(
-            f"ranking_options.ranker must be one of {', '.join(RANKERS)}", param="ranking_options.ranker"
-        )
-    threshold = options.get("score_threshold", 0.0)
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
-        raise bad_request(
-            "ranking_options.score_threshold must be a number from 0 to 1",
-            param="ranking_options.score_threshold",
-        )
-    return float(threshold)
 
 
 def install(gateway: Gateway) -> VectorStoresAPI:

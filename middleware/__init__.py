@@ -11,7 +11,15 @@ from collections.abc import Callable
 from gateway.chain import Stage
 from gateway.policy import Policy
 from gateway.services import Services
-from middleware import admission, cache, input_guardrails, output_guardrails, refusal, retrieval
+from middleware import (
+    admission,
+    cache,
+    file_search,
+    input_guardrails,
+    output_guardrails,
+    refusal,
+    retrieval,
+)
 
 # Each entry builds its stage from the tenant's policy, or returns None when the policy turns it off.
 # The order is the order a request meets them on its way to the upstream.
@@ -24,6 +32,9 @@ STAGE_BUILDERS: tuple[Callable[[Policy, Services], Stage | None], ...] = (
     output_guardrails.build,
     # A hit skips retrieval and the upstream; entries are keyed on the tenant's corpus version.
     cache.build,
+    # The Responses API's file_search tool searches the stores the client names; the policy's
+    # retrieval then stands aside for that request.
+    file_search.build,
     retrieval.build,
     refusal.build,
 )

@@ -85,6 +85,9 @@ class CacheStage:
 
     async def handle(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
         reason = uncacheable_reason(ctx.request.body, self.settings)
+        if ctx.request.file_search is not None:
+            # Its answer depends on the named stores' contents, which the key does not follow.
+            reason = "file_search"
         if reason is not None:
             return await self._bypass(ctx, call_next, reason)
         directives = cache_control(ctx.client_headers)

@@ -60,4 +60,6 @@ class RefusalStage:
 
 
 def build(policy: Policy, services: Services) -> RefusalStage | None:
-    return RefusalStage(policy.retrieval) if policy.retrieval.enabled else None
+    # The file_search tool can bring a retrieval outcome to any tenant's request.
+    searches = policy.retrieval.enabled or services.vector_stores is not None
+    return RefusalStage(policy.retrieval) if searches else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,9 @@ class RetrievalOutcome:
     conflicts: list[ConflictGroup] = field(default_factory=list)  # members index `injected`
     preferred: set[int] = field(default_factory=set)  # injected indexes preferred as newest
     refused: bool = False
+    # Found by the file_search tool in vector stores: each citation names its file (a store
+    # chunk's doc_id is its file's id, its source the file's name).
+    cite_files: bool = False
 
     def conflict_of(self) -> dict[int, int]:
         """injected index -> 1-based conflict group number."""
@@ -66,6 +70,9 @@ class RetrievalOutcome:
         cited = []
         for i, hit in enumerate(self.injected):
             entry = citation(i + 1, hit)
+            if self.cite_files:
+                entry["file_id"] = hit.chunk.doc_id
+                entry["filename"] = os.path.basename(hit.chunk.source) or hit.chunk.source
             if i in groups:
                 entry["conflict_group"] = groups[i]
                 entry["preferred"] = i in self.preferred
@@ -181,6 +188,65 @@ async def with_citations(events: Events, citations: list[dict[str, Any]]) -> Eve
     yield Citations(citations)
 
 
+def screen_for_injection(screen: ChunkScreen | None, ctx: RequestContext, hits: list[Hit]) -> list[Hit]:
+    """Instructions hidden in retrieved chunks (indirect prompt injection), checked before injection."""
+    if screen is None or not hits:
+        return hits
+    findings = screen.scan(ctx, [h.chunk.text for h in hits])
+    if not findings:
+        return hits
+    if screen.action == "block":
+        raise GatewayError(
+            400,
+            "A retrieved document contains instructions aimed at the model (indirect "
+            "prompt injection), so this request was blocked.",
+            code="content_policy_violation",
+        )
+    if screen.action == "strip":
+        flagged = {f.index for f in findings}
+        return [h for i, h in enumerate(hits) if i not in flagged]
+    return hits
+
+
+def inject_sources(
+    ctx: RequestContext, outcome: RetrievalOutcome, settings: RetrievalPolicy, stage: str
+) -> None:
+    """The outcome's sources (and any conflicts between them) as one system message."""
+    if not outcome.injected:
+        return
+    chunks = [h.chunk for h in outcome.injected]
+    outcome.conflicts = find_conflicts(chunks)
+    if settings.prefer_newest_on_conflict:
+        # An undated group has no newest member: nothing is preferred, the note says why.
+        outcome.preferred = {
+            newest(chunks, group)
+            for group in outcome.conflicts
+            if any(chunks[m].doc_date for m in group.members)
+        }
+    system = settings.template.replace("{sources}", format_sources(outcome.injected, outcome.conflicts))
+    if outcome.conflicts:
+        system += "\n\n" + conflict_instructions(outcome, settings)
+        groups = [
+            {"chunks": [chunks[m].id for m in group.members], "subject": group.subject}
+            for group in outcome.conflicts
+        ]
+        ctx.decide(stage, "conflicts", groups=groups)
+    ctx.request.add_system(system)
+
+
+def attach_citations(response: GatewayResponse, outcome: RetrievalOutcome) -> None:
+    """The sources as cited, on the answer (a stream gets them at its end)."""
+    if outcome.refused or response.status != 200:
+        return
+    citations = outcome.citations()
+    if response.is_stream:
+        response.map_events(lambda events: with_citations(events, citations))
+    else:
+        completion = response.completion()
+        completion.citations = citations
+        response.set_completion(completion)
+
+
 @dataclass(frozen=True, slots=True)
 class QueryCost:
     """The query's embedding call when a provider serves the embedding model: its tokens, counted
@@ -215,26 +281,6 @@ class RetrievalStage:
         self.tracer = tracer
         self.router = router  # for the LLM reranker
         self.screen = screen  # the tenant's input guardrails for indirect prompt injection
-
-    def screen_for_injection(self, ctx: RequestContext, hits: list[Hit]) -> list[Hit]:
-        """Instructions hidden in retrieved chunks (indirect prompt injection), checked before injection."""
-        if self.screen is None or not hits:
-            return hits
-        findings = self.screen.scan(ctx, [h.chunk.text for h in hits])
-        if not findings:
-            return hits
-        action = self.screen.action
-        if action == "block":
-            raise GatewayError(
-                400,
-                "A retrieved document contains instructions aimed at the model (indirect "
-                "prompt injection), so this request was blocked.",
-                code="content_policy_violation",
-            )
-        if action == "strip":
-            flagged = {f.index for f in findings}
-            return [h for i, h in enumerate(hits) if i not in flagged]
-        return hits
 
     @property
     def depth(self) -> int:
@@ -285,6 +331,10 @@ class RetrievalStage:
 
     async def handle(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse:
         settings = self.settings
+        if ctx.request.file_search is not None:
+            # The client named the stores to search: its file_search tool searched them instead.
+            ctx.decide(NAME, "skipped", reason="the request's file_search tool searched its vector stores")
+            return await call_next(ctx)
         if self.warmup is not None:
             self.warmup.check(ctx.tenant)
         query = search_query(ctx.request.messages, settings.rewrite_follow_ups)
@@ -332,38 +382,10 @@ class RetrievalStage:
             ],
             injected=[h.chunk.id for h in outcome.injected],
         )
-        outcome.injected = self.screen_for_injection(ctx, outcome.injected)
-        if outcome.injected:
-            chunks = [h.chunk for h in outcome.injected]
-            outcome.conflicts = find_conflicts(chunks)
-            if settings.prefer_newest_on_conflict:
-                # An undated group has no newest member: nothing is preferred, the note says why.
-                outcome.preferred = {
-                    newest(chunks, group)
-                    for group in outcome.conflicts
-                    if any(chunks[m].doc_date for m in group.members)
-                }
-            system = settings.template.replace(
-                "{sources}", format_sources(outcome.injected, outcome.conflicts)
-            )
-            if outcome.conflicts:
-                system += "\n\n" + conflict_instructions(outcome, settings)
-                groups = [
-                    {"chunks": [chunks[m].id for m in group.members], "subject": group.subject}
-                    for group in outcome.conflicts
-                ]
-                ctx.decide(NAME, "conflicts", groups=groups)
-            ctx.request.add_system(system)
+        outcome.injected = screen_for_injection(self.screen, ctx, outcome.injected)
+        inject_sources(ctx, outcome, settings, NAME)
         response = await call_next(ctx)
-        if outcome.refused or response.status != 200:
-            return response
-        citations = outcome.citations()
-        if response.is_stream:
-            response.map_events(lambda events: with_citations(events, citations))
-        else:
-            completion = response.completion()
-            completion.citations = citations
-            response.set_completion(completion)
+        attach_citations(response, outcome)
         return response
 
 

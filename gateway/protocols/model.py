@@ -69,6 +69,16 @@ class Choice:
 
 
 @dataclass(slots=True)
+class FileSearchCall:
+    """A search the gateway ran for the client's `file_search` tool, before the model answered (the
+    Responses API shows it as a `file_search_call` output item; chat has no place for it)."""
+
+    id: str
+    queries: list[str]
+    results: list[dict[str, Any]] | None  # OpenAI's result shape, when the client asked to include them
+
+
+@dataclass(slots=True)
 class Completion:
     id: str
     model: str  # the public model name the client asked for
@@ -76,6 +86,7 @@ class Completion:
     choices: list[Choice]
     usage: Usage | None = None
     citations: list[dict[str, Any]] | None = None  # the retrieval stage's sources, as cited
+    searches: list[FileSearchCall] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -140,6 +151,7 @@ class Citations:
 
 Event = (
     Start
+    | FileSearchCall
     | TextDelta
     | RefusalDelta
     | ToolCallStart
@@ -161,6 +173,7 @@ class CompletionBuilder:
         self.choices: dict[int, Choice] = {}
         self.usage: Usage | None = None
         self.citations: list[dict[str, Any]] | None = None
+        self.searches: list[FileSearchCall] = []
         self._arguments: dict[tuple[int, int], list[str]] = {}
         self._texts: dict[int, list[str]] = {}
 
@@ -191,6 +204,8 @@ class CompletionBuilder:
             self.usage = event.usage
         elif isinstance(event, Citations):
             self.citations = event.citations
+        elif isinstance(event, FileSearchCall):
+            self.searches.append(event)
 
     def text_so_far(self) -> str:
         """Everything generated, tool arguments included (what a tokenizer should count)."""
@@ -207,12 +222,16 @@ class CompletionBuilder:
                 calls.append(ToolCall("", "", ""))
             calls[call].arguments = "".join(parts)
         choices = [self.choices[i] for i in sorted(self.choices)] or [Choice(0)]
-        return Completion(self.id, self.model, self.created, choices, self.usage, self.citations)
+        return Completion(
+            self.id, self.model, self.created, choices, self.usage, self.citations, self.searches
+        )
 
 
 async def completion_events(completion: Completion) -> Events:
     """A completed answer as a stream (a cache hit, a refusal or a JSON upstream answer replayed)."""
     yield Start(completion.id, completion.model, completion.created)
+    for search in completion.searches:
+        yield search
     for choice in completion.choices:
         if choice.text:
             yield TextDelta(choice.text, choice.index, choice.logprobs)

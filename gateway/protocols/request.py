@@ -59,6 +59,18 @@ def iter_text_parts(
                     yield TextPart(i, j, role, part["text"])
 
 
+@dataclass(frozen=True, slots=True)
+class FileSearchTool:
+    """The Responses API's `file_search` tool: run by the gateway against the tenant's own vector
+    stores before the upstream call (the upstream sees the numbered sources, never the tool)."""
+
+    vector_store_ids: tuple[str, ...]
+    max_num_results: int
+    filters: dict[str, Any] | None
+    score_threshold: float
+    include_results: bool  # `include: ["file_search_call.results"]`
+
+
 class GatewayRequest:
     """One request on its way through the chain. `body` is read-only for stages."""
 
@@ -66,6 +78,7 @@ class GatewayRequest:
         "_system_added",
         "body",
         "client_wants_usage",
+        "file_search",
         "model",
         "native",
         "native_only",
@@ -100,6 +113,7 @@ class GatewayRequest:
         self.relay_headers: dict[str, str] = {}
         self._system_added: list[str] = []
         self.text_rewrites: dict[str, str] = {}  # original text -> replacement, for native bodies
+        self.file_search: FileSearchTool | None = None  # the client's file_search tool, if it gave one
 
     # -- reading --------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from gateway.protocols.model import (
     Citations,
     Completion,
     Events,
+    FileSearchCall,
     RefusalDelta,
     Start,
     TextDelta,
@@ -46,9 +47,10 @@ from gateway.protocols.model import (
     Usage,
     UsageReport,
 )
-from gateway.protocols.request import GatewayRequest
+from gateway.protocols.request import FileSearchTool, GatewayRequest
 from gateway.protocols.sse import encode_named, event_data, event_name, iter_events, iter_json, replay
 from gateway.validation import check_bounds, reject_forbidden, require_model
+from gateway.vector_stores import filter_problem, score_threshold
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -74,6 +76,11 @@ ALWAYS_REFUSED = {
 }
 # Input item and tool types that only a native Responses upstream understands.
 FUNCTION_TOOL = "function"
+FILE_SEARCH_TOOL = "file_search"
+GATEWAY_SEARCH_ITEM = "file_search_call"
+FILE_SEARCH_RESULTS = "file_search_call.results"  # the `include` value that returns the results
+MAX_FILE_SEARCH_STORES = 10
+DEFAULT_FILE_SEARCH_RESULTS = 10
 
 
 def new_id(prefix: str) -> str:
@@ -173,9 +180,11 @@ def items_to_messages(
             output = item.get("output")
             text = output if isinstance(output, str) else _parts_text(output)
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": text})
-        elif kind == "reasoning":
+        elif kind in ("reasoning", GATEWAY_SEARCH_ITEM):
             # The model's own hidden reasoning from an earlier turn: a chat upstream has no place
-            # for it, and the conversation reads the same without it (documented as dropped).
+            # for it, and the conversation reads the same without it (documented as dropped). A
+            # file search the gateway ran served that turn's sources; the answer that follows
+            # carries what was taken from them.
             continue
         else:
             native_only[f"{where}.type"] = f"input items of type '{kind}' exist only in the Responses API"
@@ -245,6 +254,8 @@ def _tools(body: dict[str, Any], native_only: dict[str, str]) -> list[dict[str, 
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
             raise bad_request(f"tools[{i}] must be an object with a 'type'", param=f"tools[{i}]")
+        if tool["type"] == FILE_SEARCH_TOOL:
+            continue  # run by the gateway (see file_search_tool)
         if tool["type"] != FUNCTION_TOOL:
             native_only[f"tools[{i}].type"] = (
                 f"the built-in '{tool['type']}' tool is run by OpenAI's servers; a chat upstream "
@@ -261,9 +272,58 @@ def _tools(body: dict[str, Any], native_only: dict[str, str]) -> list[dict[str, 
     return chat_tools
 
 
+def file_search_tool(body: dict[str, Any]) -> FileSearchTool | None:
+    """The call's `file_search` tool, validated: the gateway runs it against the tenant's vector
+    stores whatever the upstream, so it is never relayed and never refused as native-only."""
+    found = [
+        (i, tool)
+        for i, tool in enumerate(body.get("tools") or ())
+        if isinstance(tool, dict) and tool.get("type") == FILE_SEARCH_TOOL
+    ]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise bad_request(
+            "only one file_search tool may be given; list every vector store in its vector_store_ids",
+            param=f"tools[{found[1][0]}]",
+        )
+    i, tool = found[0]
+    where = f"tools[{i}]"
+    unknown = sorted(
+        tool.keys() - {"type", "vector_store_ids", "max_num_results", "filters", "ranking_options"}
+    )
+    if unknown:
+        raise unsupported(f"{where}.{unknown[0]}", f"'{unknown[0]}' is not a field of the file_search tool")
+    ids = tool.get("vector_store_ids")
+    if (
+        not isinstance(ids, list)
+        or not 1 <= len(ids) <= MAX_FILE_SEARCH_STORES
+        or not all(isinstance(x, str) and x for x in ids)
+    ):
+        raise bad_request(
+            f"{where}.vector_store_ids must be a list of 1 to {MAX_FILE_SEARCH_STORES} vector store ids",
+            param=f"{where}.vector_store_ids",
+        )
+    limit = tool.get("max_num_results", DEFAULT_FILE_SEARCH_RESULTS)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 50:
+        raise bad_request(
+            f"{where}.max_num_results must be an integer from 1 to 50", param=f"{where}.max_num_results"
+        )
+    condition = tool.get("filters")
+    if condition is not None and (problem := filter_problem(condition, f"{where}.filters")):
+        raise bad_request(problem, param=f"{where}.filters")
+    threshold = score_threshold(tool.get("ranking_options"), f"{where}.ranking_options")
+    include = body.get("include") or ()
+    return FileSearchTool(
+        tuple(dict.fromkeys(ids)), limit, condition, threshold, FILE_SEARCH_RESULTS in include
+    )
+
+
 def _tool_choice(value: Any, native_only: dict[str, str]) -> Any:
     if value is None or value in ("auto", "none", "required"):
         return value
+    if isinstance(value, dict) and value.get("type") == FILE_SEARCH_TOOL:
+        return None  # the gateway always runs a file_search tool it is given
     if isinstance(value, dict) and value.get("type") == FUNCTION_TOOL and isinstance(value.get("name"), str):
         return {"type": "function", "function": {"name": value["name"]}}
     if isinstance(value, dict):
@@ -392,6 +452,7 @@ def decode_request(
 
     request = GatewayRequest(chat, NAME, native=body)
     request.native_only = native_only
+    request.file_search = file_search_tool(body)
     request.origin = ResponsesCall(
         store=store,
         ttl_s=ttl_s,
@@ -457,7 +518,7 @@ def annotations(text: str, citations: list[dict[str, Any]] | None) -> list[dict[
                 {
                     "type": "file_citation",
                     "file_id": file_id_of(cited),
-                    "filename": os.path.basename(source) or source,
+                    "filename": cited.get("filename") or os.path.basename(source) or source,
                     "index": match.end(),
                 }
             )
@@ -486,9 +547,19 @@ def call_item(item_id: str, call: ToolCall, status: str) -> dict[str, Any]:
     }
 
 
+def search_item(search: FileSearchCall, status: str) -> dict[str, Any]:
+    return {
+        "id": search.id,
+        "type": GATEWAY_SEARCH_ITEM,
+        "status": status,
+        "queries": search.queries,
+        "results": search.results if status == "completed" else None,
+    }
+
+
 def output_items(completion: Completion) -> list[dict[str, Any]]:
     choice = completion.choices[0]
-    items = []
+    items = [search_item(search, "completed") for search in completion.searches]
     if choice.text or choice.refusal or not choice.tool_calls:
         notes = annotations(choice.text or "", completion.citations)
         items.append(message_item(new_id("msg"), choice.text or "", choice.refusal, notes, "completed"))
@@ -662,6 +733,22 @@ class _StreamWriter:
             kind, item_id=self.open["id"], output_index=self.index, content_index=content_index, part=part
         )
 
+    def file_search(self, search: FileSearchCall) -> list[bytes]:
+        """A search the gateway already ran: its item's whole life, in the order OpenAI sends it."""
+        out = self.close()
+        index, ids = self.index, {"item_id": search.id}
+        out.append(
+            self.event(
+                "response.output_item.added", output_index=index, item=search_item(search, "in_progress")
+            )
+        )
+        for stage in ("in_progress", "searching", "completed"):
+            out.append(self.event(f"response.file_search_call.{stage}", output_index=index, **ids))
+        item = search_item(search, "completed")
+        out.append(self.event("response.output_item.done", output_index=index, item=item))
+        self.output.append(item)
+        return out
+
     def tool_call(self, call: ToolCall) -> list[bytes]:
         out = self.close()
         self.call_of_open = call
@@ -752,7 +839,7 @@ class _StreamWriter:
         return out
 
     def finish_events(self) -> tuple[list[bytes], dict[str, Any]]:
-        if self.open is None and not self.output:
+        if self.open is None and all(item["type"] == GATEWAY_SEARCH_ITEM for item in self.output):
             # An empty answer is still a message, as OpenAI returns one.
             self.open = message_item(new_id("msg"), None, None, [], "in_progress")
             out = [self.event("response.output_item.added", output_index=self.index, item=self.open)]
@@ -906,6 +993,8 @@ class ResponsesClient(OpenAIErrors):
                 elif isinstance(event, Citations):
                     writer.citations = event.citations
                     chunks = []
+                elif isinstance(event, FileSearchCall):
+                    chunks = writer.file_search(event)
                 else:
                     chunks = []
                 for chunk in chunks:
@@ -969,7 +1058,9 @@ def _native_body(request: GatewayRequest, upstream_model: str) -> dict[str, Any]
     items = [_without_id(item) for item in call.history] + [
         _rewritten_item(request, i) for i in call.input_items
     ]
-    body["input"] = items
+    body["input"] = [item for item in items if item.get("type") != GATEWAY_SEARCH_ITEM]
+    if request.file_search is not None:
+        _without_file_search(body)
     instructions = body.get("instructions")
     added = "\n\n".join(request.system_added)
     if added:
@@ -979,6 +1070,28 @@ def _native_body(request: GatewayRequest, upstream_model: str) -> dict[str, Any]
     if request.model != (request.native or {}).get("model"):
         pass  # a budget downgrade changed the public model; the deployment's own name is above
     return body
+
+
+def _without_file_search(body: dict[str, Any]) -> None:
+    """The gateway ran the file_search tool; the upstream gets its sources in the instructions and
+    must not try to run it against stores it does not have."""
+    tools = [
+        t for t in body.get("tools") or () if not (isinstance(t, dict) and t.get("type") == FILE_SEARCH_TOOL)
+    ]
+    if tools:
+        body["tools"] = tools
+    else:
+        body.pop("tools", None)
+        body.pop("tool_choice", None)
+        body.pop("parallel_tool_calls", None)
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == FILE_SEARCH_TOOL:
+        body.pop("tool_choice")
+    include = [value for value in body.get("include") or () if value != FILE_SEARCH_RESULTS]
+    if include:
+        body["include"] = include
+    else:
+        body.pop("include", None)
 
 
 def _without_id(item: dict[str, Any]) -> dict[str, Any]:
