@@ -1,11 +1,11 @@
 """An MCP server at `/mcp` (streamable HTTP, the official `mcp` package) so agents (Claude Code,
-Cursor, the Agents SDK) reach the tenant's corpus as tools: `search` (ranked passages with their
+Cursor, the Agents SDK) reach the tenant's documents as tools: `search` (ranked passages with their
 source and the retrieval confidence, and whether the tenant's policy would refuse on it) and
 `fetch` (a passage, or a whole document, by id, with its citation); see gateway.mcp_server.
 
 Authenticated by the tenant's API key like every /v1 route (`Authorization: Bearer ...`): a
 request without a valid key gets a 401 in OpenAI's envelope before the MCP layer sees it, and each
-tool call searches only the corpus of the tenant whose key it carries. The `mcp` package is
+tool call searches only the stores of the tenant whose key it carries. The `mcp` package is
 imported, and its session manager started, on the first request: a gateway whose clients never
 use MCP does not pay its ~30 MB.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -25,13 +25,13 @@ from gateway.proxy import request_headers
 if TYPE_CHECKING:
     from gateway.app import Gateway
     from gateway.policy import Policy
-    from gateway.retrieval.service import RetrievalService
+    from gateway.store_search import StoreSearch
 
 
 class MCPEndpoint:
-    def __init__(self, policy_of: Callable[[dict[str, str]], Policy], retrieval: Callable[[], Any]) -> None:
+    def __init__(self, policy_of: Callable[[dict[str, str]], Policy], stores: StoreSearch) -> None:
         self._policy_of = policy_of  # ASGI headers -> the tenant's policy, or a 401
-        self._retrieval = retrieval
+        self._stores = stores
         self._app: ASGIApp | None = None
         self._starting = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -53,7 +53,7 @@ class MCPEndpoint:
             if self._app is None:
                 from gateway.mcp_server import build_server
 
-                server, app = build_server(self._policy_of, self._retrieval)
+                server, app = build_server(self._policy_of, self._stores)
                 ready = asyncio.Event()
 
                 async def run() -> None:
@@ -76,14 +76,4 @@ class MCPEndpoint:
 
 
 def install(gateway: Gateway) -> MCPEndpoint:
-    from gateway.services import retrieval_if_enabled
-
-    async def retrieval() -> RetrievalService:
-        from gateway.mcp_server import ToolError
-
-        service = await retrieval_if_enabled(gateway.services)
-        if service is None:
-            raise ToolError("retrieval is off in gateway.yaml (retrieval.enabled: false)")
-        return service
-
-    return MCPEndpoint(gateway.policy_of_headers, retrieval)
+    return MCPEndpoint(gateway.policy_of_headers, gateway.vector_stores.searcher)

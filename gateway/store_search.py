@@ -97,6 +97,16 @@ class StoreSearch:
             raise store_not_found(store_id)
         return record
 
+    async def every_store(self, policy: Policy) -> list[tuple[str, dict[str, Any]]]:
+        """The tenant's stores that can be searched: its corpus (when its policy has retrieval)
+        and every store it created that has not expired."""
+        corpus = corpus_store_id(policy.tenant)
+        stores = [(corpus, await self.record(policy, corpus))] if policy.retrieval.enabled else []
+        for record in await asyncio.to_thread(self.registry.list, policy.tenant):
+            if record["id"] != corpus and store_object(record)["status"] != "expired":
+                stores.append((record["id"], record))
+        return stores
+
     async def searchable(self, policy: Policy, store_id: str) -> dict[str, Any]:
         record = await self.record(policy, store_id)
         if store_object(record)["status"] == "expired":

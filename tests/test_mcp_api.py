@@ -1,6 +1,7 @@
 """The MCP server at /mcp, through the official `mcp` client over streamable HTTP: authenticated by
-the tenant's key, `search` ranks the tenant's passages with their source and confidence, `fetch`
-returns a passage by id, and a tenant without a corpus gets a clear tool error."""
+the tenant's key, `search` ranks the passages of every store of the tenant (or those named) with
+their source and confidence, `fetch` returns a passage or document by id, and a tenant without
+documents gets a clear tool error."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from typing import Any
 
 import httpx
 import httpx2
+import openai
 import pytest
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from gateway.vector_stores import corpus_store_id
 from tests.conftest import ACME_KEY, OTHER_KEY, UPSTREAM_SECRET, MockServer, RunningGateway, gateway_with
 
 ADMIN = "sk-admin-mcp"
@@ -22,6 +25,7 @@ DOCS = {
     "zones.md": "# Zones\n\nThe speed limit in Zone B is 25 km/h near the school.",
     "parking.md": "# Parking\n\nA resident parking permit costs 30 EUR a year.",
 }
+LIBRARY = b"# Library\n\nThe city library opens at 9:00 on weekdays and at 10:00 on Saturdays.\n"
 
 
 @pytest.fixture
@@ -59,15 +63,42 @@ async def test_search_and_fetch_the_tenants_corpus(corpus: RunningGateway) -> No
     assert 0 <= found["confidence"] <= 1 and found["refuse"] is (found["confidence"] < 0.3)
     failed, passage = await call(corpus, ACME_KEY, "fetch", {"id": top["id"]})
     assert not failed and passage["source"] == "zones.md" and "25 km/h" in passage["text"]
-    failed, document = await call(corpus, ACME_KEY, "fetch", {"id": "parking.md"})
+    store_id = top["vector_store_id"]
+    assert top["id"].startswith(f"{store_id}/") and store_id == corpus_store_id("acme")
+    failed, document = await call(corpus, ACME_KEY, "fetch", {"id": f"{store_id}/parking.md"})
     assert not failed and "30 EUR" in document["text"]
-    failed, message = await call(corpus, ACME_KEY, "fetch", {"id": "nope.md#0"})
+    failed, message = await call(corpus, ACME_KEY, "fetch", {"id": f"{store_id}/nope.md#0"})
     assert failed and "nothing with id" in message
+    failed, message = await call(corpus, ACME_KEY, "fetch", {"id": "parking.md"})
+    assert failed and "'<vector store id>/<id>'" in message
 
 
-async def test_a_tenant_without_a_corpus_gets_a_tool_error(corpus: RunningGateway) -> None:
+async def test_search_covers_every_store_of_the_tenant_or_the_ones_named(corpus: RunningGateway) -> None:
+    client = openai.OpenAI(base_url=f"{corpus.url}/v1", api_key=ACME_KEY, max_retries=0)
+    library = client.files.create(file=("library.md", LIBRARY), purpose="assistants")
+    store = client.vector_stores.create(name="library")
+    done = client.vector_stores.files.create_and_poll(vector_store_id=store.id, file_id=library.id)
+    assert done.status == "completed"
+    question = "When does the city library open on Saturdays?"
+    failed, found = await call(corpus, ACME_KEY, "search", {"query": question})
+    assert not failed
+    top = found["results"][0]
+    assert (top["source"], top["file_id"], top["vector_store_id"]) == ("library.md", library.id, store.id)
+    failed, passage = await call(corpus, ACME_KEY, "fetch", {"id": top["id"]})
+    assert not failed and "10:00" in passage["text"]
+    corpus_only = {"query": question, "vector_store_ids": [corpus_store_id("acme")]}
+    failed, found = await call(corpus, ACME_KEY, "search", corpus_only)
+    assert not failed and store.id not in {r["vector_store_id"] for r in found["results"]}
+    # Another tenant's store answers exactly as an unknown one does.
+    failed, message = await call(
+        corpus, OTHER_KEY, "search", {"query": question, "vector_store_ids": [store.id]}
+    )
+    assert failed and f"No vector store found with id '{store.id}'" in message
+
+
+async def test_a_tenant_without_documents_gets_a_tool_error(corpus: RunningGateway) -> None:
     failed, message = await call(corpus, OTHER_KEY, "search", {"query": "speed limit"})
-    assert failed and "retrieval is off in its policy" in message
+    assert failed and "has no documents to search" in message
 
 
 def test_a_request_without_a_valid_key_is_a_401(corpus: RunningGateway) -> None:
