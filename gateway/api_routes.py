@@ -15,12 +15,22 @@ if TYPE_CHECKING:
     from gateway.policy import Policy
 
 
+# The caller's policy (a 401 GatewayError without a valid key); with `counted`, the call also takes
+# one request from the tenant's and the key's rate limits (a 429 when they are spent).
+PolicyOf = Callable[[Request, bool], Awaitable["Policy"]]
+
+
 async def answer(
-    request: Request, policy_of: Callable[[Request], Policy], handle: Callable[[Policy], Awaitable[Any]]
+    request: Request,
+    policy_of: PolicyOf,
+    handle: Callable[[Policy], Awaitable[Any]],
+    *,
+    counted: bool = False,
 ) -> Response:
-    """`handle` for the tenant whose key the request carries; a dict it returns is sent as JSON."""
+    """`handle` for the tenant whose key the request carries; a dict it returns is sent as JSON.
+    `counted`: a call that does work (an upload, an attach, a search) counts against rate limits."""
     try:
-        result = await handle(policy_of(request))
+        result = await handle(await policy_of(request, counted))
     except GatewayError as error:
         return error_response(error)
     return result if isinstance(result, Response) else JSONResponse(result)

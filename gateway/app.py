@@ -42,6 +42,7 @@ from gateway.services import (
 )
 from gateway.vector_stores_api import install as install_vector_stores_api
 from middleware import build_embedding_stages, build_stages
+from middleware.admission import admit_api_call
 from middleware.auth import authenticate, bearer_or_api_key
 
 if TYPE_CHECKING:  # the ingest pipeline is imported only when a seed corpus is ingested
@@ -367,6 +368,19 @@ class Gateway:
     def policy_of_headers(self, headers: dict[str, str]) -> Policy:
         """The same, from ASGI headers (lower-case names)."""
         _, policy = authenticate(bearer_or_api_key(headers), self.policies.snapshot, ChatClient.key_hint)
+        return policy
+
+    async def caller_policy(self, request: Request, counted: bool) -> Policy:
+        """The caller's policy; a `counted` call also takes one request from its rate limits."""
+        what = f"{request.method} {request.url.path}" if counted else None
+        return await self.admitted_policy(request_headers(request.scope), what)
+
+    async def admitted_policy(self, headers: dict[str, str], counted_as: str | None) -> Policy:
+        """The policy of the key in these headers; with `counted_as` (what the call is, for the
+        429's message), the call takes one request from the tenant's and the key's limits."""
+        owner, policy = authenticate(bearer_or_api_key(headers), self.policies.snapshot, ChatClient.key_hint)
+        if counted_as is not None:
+            await admit_api_call(policy, owner.key_id, self.services.state, counted_as)
         return policy
 
     async def list_models(self, request: Request) -> Response:

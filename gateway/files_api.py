@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.types import Message
 
-from gateway.api_routes import answer, list_page, page_query
+from gateway.api_routes import PolicyOf, answer, list_page, page_query
 from gateway.errors import GatewayError, bad_request
 from gateway.files import FileStore, StoredFile
 from gateway.retrieval.formats import detect_kind
@@ -51,7 +51,7 @@ def too_large(limit: int) -> GatewayError:
 
 
 class FilesAPI:
-    def __init__(self, store: FileStore, max_bytes: int, policy_of: Callable[[Request], Policy]) -> None:
+    def __init__(self, store: FileStore, max_bytes: int, policy_of: PolicyOf) -> None:
         self.store = store
         self.max_bytes = max_bytes
         self._policy_of = policy_of  # the tenant a request's API key belongs to, or a 401
@@ -78,7 +78,7 @@ class FilesAPI:
                 await upload.close()
             return JSONResponse(stored.to_openai())
 
-        return await answer(request, self._policy_of, handle)
+        return await answer(request, self._policy_of, handle, counted=True)
 
     async def list(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Response:
@@ -220,5 +220,5 @@ def install(gateway: Gateway) -> FilesAPI:
     """The Files API of this gateway, with its store under `files.dir`."""
     config = gateway.config
     return FilesAPI(
-        FileStore(config.resolve(config.files.dir)), config.files.max_bytes, gateway.authenticated_policy
+        FileStore(config.resolve(config.files.dir)), config.files.max_bytes, gateway.caller_policy
     )

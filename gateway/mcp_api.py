@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -29,8 +29,14 @@ if TYPE_CHECKING:
 
 
 class MCPEndpoint:
-    def __init__(self, policy_of: Callable[[dict[str, str]], Policy], stores: StoreSearch) -> None:
+    def __init__(
+        self,
+        policy_of: Callable[[dict[str, str]], Policy],
+        admitted: Callable[[dict[str, str], str | None], Awaitable[Policy]],
+        stores: StoreSearch,
+    ) -> None:
         self._policy_of = policy_of  # ASGI headers -> the tenant's policy, or a 401
+        self._admitted = admitted  # the same, a tool call counted against the rate limits
         self._stores = stores
         self._app: ASGIApp | None = None
         self._starting = asyncio.Lock()
@@ -53,7 +59,7 @@ class MCPEndpoint:
             if self._app is None:
                 from gateway.mcp_server import build_server
 
-                server, app = build_server(self._policy_of, self._stores)
+                server, app = build_server(self._admitted, self._stores)
                 ready = asyncio.Event()
 
                 async def run() -> None:
@@ -76,4 +82,4 @@ class MCPEndpoint:
 
 
 def install(gateway: Gateway) -> MCPEndpoint:
-    return MCPEndpoint(gateway.policy_of_headers, gateway.vector_stores.searcher)
+    return MCPEndpoint(gateway.policy_of_headers, gateway.admitted_policy, gateway.vector_stores.searcher)

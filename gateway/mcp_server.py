@@ -10,7 +10,7 @@ the ones the agent names. A result's id is `<store id>/<chunk id>`; `fetch` take
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -35,15 +35,16 @@ INSTRUCTIONS = (
 
 
 def build_server(
-    policy_of: Callable[[dict[str, str]], Policy], stores: StoreSearch
+    admitted: Callable[[dict[str, str], str | None], Awaitable[Policy]], stores: StoreSearch
 ) -> tuple[MCPServer, ASGIApp]:
-    """The server (stateless, JSON answers: any replica answers any call) and its ASGI app."""
+    """The server (stateless, JSON answers: any replica answers any call) and its ASGI app.
+    `admitted`: the caller's policy, its tool call counted against the tenant's rate limits."""
     server = MCPServer("rag-gateway", instructions=INSTRUCTIONS)
 
-    def tenant_of(ctx: Context) -> Policy:
+    async def tenant_of(ctx: Context, tool: str) -> Policy:
         headers = {k.lower(): v for k, v in (ctx.headers or {}).items()}
         try:
-            return policy_of(headers)
+            return await admitted(headers, f"the MCP tool {tool!r}")
         except GatewayError as error:
             raise ToolError(error.message) from error
 
@@ -67,7 +68,7 @@ def build_server(
     async def search(
         query: str, ctx: Context, max_results: int = 5, vector_store_ids: list[str] | None = None
     ) -> dict[str, Any]:
-        policy = tenant_of(ctx)
+        policy = await tenant_of(ctx, "search")
         if not query.strip():
             raise ToolError("query is empty: pass the question or keywords to search for")
         if not 1 <= max_results <= MAX_RESULTS:
@@ -102,7 +103,7 @@ def build_server(
         "document as `<vector store id>/<document id>`, with its source for citation."
     )
     async def fetch(id: str, ctx: Context) -> dict[str, Any]:
-        policy = tenant_of(ctx)
+        policy = await tenant_of(ctx, "fetch")
         store_id, _, wanted = id.partition("/")
         if not wanted:
             raise ToolError(f"{id!r} is not an id search returned: they read '<vector store id>/<id>'")

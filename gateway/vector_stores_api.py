@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.api_routes import answer, list_page, page_query
+from gateway.api_routes import PolicyOf, answer, list_page, page_query
 from gateway.errors import GatewayError, bad_request
 from gateway.files import FileStore
 from gateway.files_api import not_found as file_not_found
@@ -55,7 +55,7 @@ class VectorStoresAPI:
         files: FileStore,
         retrieval: Callable[[], Awaitable[RetrievalService]],
         default_chunking: dict[str, int],
-        policy_of: Callable[[Request], Policy],
+        policy_of: PolicyOf,
     ) -> None:
         self.registry = registry
         self.files = files
@@ -96,7 +96,7 @@ class VectorStoresAPI:
                 await self._attach(policy, record["id"], file_id, {}, chunking)
             return store_object(await self._store(policy, record["id"]))
 
-        return await answer(request, self._policy_of, handle)
+        return await answer(request, self._policy_of, handle, counted=True)
 
     async def list(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Any:
@@ -167,7 +167,7 @@ class VectorStoresAPI:
             entry = await self._attach(policy, store_id, file_id, attributes, chunking)
             return file_object(store_id, file_id, entry)
 
-        return await answer(request, self._policy_of, handle)
+        return await answer(request, self._policy_of, handle, counted=True)
 
     async def list_files(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Any:
@@ -222,7 +222,7 @@ class VectorStoresAPI:
                 await self._attach(policy, store_id, file_id, attributes, chunking)
             return _batch_object(store_id, batch_id, await self._store(policy, store_id))
 
-        return await answer(request, self._policy_of, handle)
+        return await answer(request, self._policy_of, handle, counted=True)
 
     async def retrieve_batch(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Any:
@@ -281,7 +281,7 @@ class VectorStoresAPI:
             # header as on chat answers: OpenAI's page schema admits no extra field.
             return JSONResponse(page, headers={"x-gateway-confidence": f"{found.confidence:.3f}"})
 
-        return await answer(request, self._policy_of, handle)
+        return await answer(request, self._policy_of, handle, counted=True)
 
     # -- ingestion --------------------------------------------------------------------------------
 
@@ -531,5 +531,5 @@ def install(gateway: Gateway) -> VectorStoresAPI:
         "overlap_tokens": config.retrieval.chunk_overlap_tokens,
     }
     return VectorStoresAPI(
-        VectorStoreRegistry(root), gateway.files.store, retrieval, chunking, gateway.authenticated_policy
+        VectorStoreRegistry(root), gateway.files.store, retrieval, chunking, gateway.caller_policy
     )

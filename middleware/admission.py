@@ -97,6 +97,44 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
+def tenant_and_key_limits(
+    s: RateLimitPolicy, tenant: str, key_id: str
+) -> list[tuple[int | None, RateKind, str, str]]:
+    """(limit, kind, state key, who) of the tenant's and the key's own limits."""
+    return [
+        (s.rpm, "requests", f"{tenant}:rl:rpm", "the tenant"),
+        (s.tpm, "tokens", f"{tenant}:rl:tpm", "the tenant"),
+        (s.per_key_rpm, "requests", f"{tenant}:rl:k:{key_id}:rpm", f"key {key_id}"),
+        (s.per_key_tpm, "tokens", f"{tenant}:rl:k:{key_id}:tpm", f"key {key_id}"),
+    ]
+
+
+async def admit_api_call(policy: Policy, key_id: str, state: StateBackend, what: str) -> None:
+    """A Files, Vector Stores or MCP call that does work (an upload, an attach, a search) takes one
+    request from the tenant's and the key's requests-per-minute limits, as a model call does: the
+    same windows, so an agent cannot search past the limit its chat calls obey. Tokens per minute
+    count model tokens only; a search spends none."""
+    s = policy.rate_limit
+    if not s.enabled:
+        return
+    tenant = "{" + policy.tenant + "}"
+    checks = [
+        RateCheck(key, limit, 1, WINDOW_S, kind, scope)
+        for limit, kind, key, scope in tenant_and_key_limits(s, tenant, key_id)
+        if limit and kind == "requests"
+    ]
+    if not checks:
+        return
+    try:
+        verdict = await state.admit(checks, [])
+    except StateUnavailable as exc:
+        if s.on_state_error == "fail_closed":
+            raise state_unavailable() from exc
+        return
+    if isinstance(verdict.denied, RateState):
+        raise rate_limited(what, verdict.denied)
+
+
 def tightest(states: list[RateState], kind: str) -> RateState | None:
     """The limit a client should watch: least remaining, then the longest reset."""
     of_kind = [s for s in states if s.check.kind == kind]
@@ -248,12 +286,7 @@ class AdmissionStage:
         tenant = "{" + ctx.tenant + "}"  # a hash tag: all of a tenant's keys on one cluster slot
         tokens = self.prompt_tokens(ctx, admitted) if s.limits_tokens() else 0
         per_model = s.per_model.get(ctx.model)
-        wanted: list[tuple[int | None, RateKind, str, str]] = [
-            (s.rpm, "requests", f"{tenant}:rl:rpm", "the tenant"),
-            (s.tpm, "tokens", f"{tenant}:rl:tpm", "the tenant"),
-            (s.per_key_rpm, "requests", f"{tenant}:rl:k:{ctx.key_id}:rpm", f"key {ctx.key_id}"),
-            (s.per_key_tpm, "tokens", f"{tenant}:rl:k:{ctx.key_id}:tpm", f"key {ctx.key_id}"),
-        ]
+        wanted = tenant_and_key_limits(s, tenant, ctx.key_id)
         if per_model is not None:
             wanted += [
                 (per_model.rpm, "requests", f"{tenant}:rl:m:{ctx.model}:rpm", f"model {ctx.model}"),

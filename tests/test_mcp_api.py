@@ -108,3 +108,17 @@ def test_a_request_without_a_valid_key_is_a_401(corpus: RunningGateway) -> None:
         )
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+async def test_tool_calls_count_against_the_rate_limit(
+    tmp_path: Path, upstream: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each tool call takes one request from the tenant's window; the session set-up takes none."""
+    monkeypatch.setenv("MOCK_UPSTREAM_KEY", UPSTREAM_SECRET)
+    acme = {"retrieval": {"enabled": True}, "rate_limit": {"enabled": True, "rpm": 2}}
+    with gateway_with(tmp_path, upstream, config={"retrieval": {"enabled": True}}, acme=acme) as running:
+        for _ in range(2):
+            failed, _ = await call(running, ACME_KEY, "search", {"query": "speed limit"})
+            assert not failed
+        failed, message = await call(running, ACME_KEY, "search", {"query": "speed limit"})
+        assert failed and "Rate limit reached for the MCP tool 'search'" in message

@@ -249,3 +249,30 @@ def test_the_tenants_retrieval_corpus_is_a_store_that_chat_answers_from(
         client.vector_stores.files.delete(file_id=file_id, vector_store_id=corpus.id)
         after = client.vector_stores.search(corpus.id, query="resident parking permit")
         assert file_id not in {r.file_id for r in after.data}
+
+
+def test_uploads_attaches_and_searches_count_against_the_rate_limit(
+    tmp_path: Path, upstream: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same requests-per-minute window as model calls: a search past it is OpenAI's 429."""
+    monkeypatch.setenv("MOCK_UPSTREAM_KEY", UPSTREAM_SECRET)
+    acme = {"rate_limit": {"enabled": True, "rpm": 4}}
+    with gateway_with(tmp_path, upstream, config={"retrieval": {"enabled": True}}, acme=acme) as running:
+        client = sdk(running)
+        file_id = upload(client, "parking.md", PARKING)  # 1
+        store = client.vector_stores.create(name="limited")  # 2
+        client.vector_stores.files.create(vector_store_id=store.id, file_id=file_id)  # 3
+        client.vector_stores.retrieve(store.id)  # reading a store does no work: not counted
+        client.vector_stores.search(store.id, query="parking permit")  # 4
+        with pytest.raises(openai.RateLimitError) as raised:
+            client.vector_stores.search(store.id, query="parking permit")
+        assert raised.value.code == "rate_limit_exceeded"
+        assert "POST /v1/vector_stores/" in raised.value.message and "Limit 4" in raised.value.message
+        assert int(raised.value.response.headers["retry-after"]) >= 1
+        chat = httpx.post(
+            f"{running.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {ACME_KEY}"},
+            json={"model": "gpt-mock", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=30,
+        )
+        assert chat.status_code == 429, "searches and model calls share the tenant's window"
