@@ -185,6 +185,15 @@ class FilesConfig(_Strict):
         default=".data/files", description="Where uploads are kept; a folder every replica shares"
     )
     max_bytes: int = Field(default=50_000_000, ge=1, description="The largest file accepted (413 above)")
+    ingest_concurrency: int = Field(
+        default=1, ge=1, le=16, description="Files ingested at once per process (each uses the embedder)"
+    )
+    ingest_queue_max: int = Field(
+        default=1000, ge=1, description="Files waiting or being ingested per process; more is a 503"
+    )
+    ingest_queue_per_tenant: int = Field(
+        default=200, ge=1, description="Of those, the most one tenant may have; more is a 429"
+    )
 
 
 class RetrievalConfig(_Strict):

@@ -26,6 +26,7 @@ from gateway.api_routes import PolicyOf, answer, list_page, page_query
 from gateway.errors import GatewayError, bad_request
 from gateway.files import FileStore
 from gateway.files_api import not_found as file_not_found
+from gateway.ingest_queue import IngestQueue
 from gateway.store_search import MAX_RESULTS, StoreSearch, store_not_found
 from gateway.validation import parse_json_object
 from gateway.vector_stores import (
@@ -56,6 +57,7 @@ class VectorStoresAPI:
         retrieval: Callable[[], Awaitable[RetrievalService]],
         default_chunking: dict[str, int],
         policy_of: PolicyOf,
+        queue: IngestQueue,
     ) -> None:
         self.registry = registry
         self.files = files
@@ -64,7 +66,7 @@ class VectorStoresAPI:
         self.default_chunking = default_chunking
         self._policy_of = policy_of
         self._tasks: set[asyncio.Task[None]] = set()  # ingestions running (held so they are not collected)
-        self._ingesting = asyncio.Lock()
+        self.queue = queue
 
     async def _body(self, request: Request) -> dict[str, Any]:
         raw = await request.body()
@@ -89,11 +91,15 @@ class VectorStoresAPI:
                 raise bad_request("file_ids must be a list of file ids", param="file_ids")
             await self._require_files(policy, file_ids)
             await self._retrieval()  # say now, not per file, when retrieval is off
-            record = await asyncio.to_thread(
-                self.registry.create, policy.tenant, name, metadata, days, chunking
-            )
-            for file_id in file_ids:
-                await self._attach(policy, record["id"], file_id, {}, chunking)
+            self.queue.reserve(policy.tenant, len(file_ids))
+            try:
+                record = await asyncio.to_thread(
+                    self.registry.create, policy.tenant, name, metadata, days, chunking
+                )
+            except BaseException:
+                self.queue.release(policy.tenant, len(file_ids))
+                raise
+            await self._attach_reserved(policy, record["id"], file_ids, {}, chunking)
             return store_object(await self._store(policy, record["id"]))
 
         return await answer(request, self._policy_of, handle, counted=True)
@@ -164,7 +170,8 @@ class VectorStoresAPI:
                     "file_id is required: the id of a file uploaded with POST /v1/files", param="file_id"
                 )
             attributes, chunking = await self._attachment(policy, record, body, [file_id])
-            entry = await self._attach(policy, store_id, file_id, attributes, chunking)
+            self.queue.reserve(policy.tenant, 1)
+            (entry,) = await self._attach_reserved(policy, store_id, [file_id], attributes, chunking)
             return file_object(store_id, file_id, entry)
 
         return await answer(request, self._policy_of, handle, counted=True)
@@ -217,9 +224,13 @@ class VectorStoresAPI:
                 raise bad_request("file_ids must be a non-empty list of file ids", param="file_ids")
             attributes, chunking = await self._attachment(policy, record, body, file_ids)
             batch_id = "vsfb_" + secrets.token_hex(12)
-            await asyncio.to_thread(self.registry.add_batch, policy.tenant, store_id, batch_id, file_ids)
-            for file_id in file_ids:
-                await self._attach(policy, store_id, file_id, attributes, chunking)
+            self.queue.reserve(policy.tenant, len(file_ids))
+            try:
+                await asyncio.to_thread(self.registry.add_batch, policy.tenant, store_id, batch_id, file_ids)
+            except BaseException:
+                self.queue.release(policy.tenant, len(file_ids))
+                raise
+            await self._attach_reserved(policy, store_id, file_ids, attributes, chunking)
             return _batch_object(store_id, batch_id, await self._store(policy, store_id))
 
         return await answer(request, self._policy_of, handle, counted=True)
@@ -291,6 +302,7 @@ class VectorStoresAPI:
         pending = await asyncio.to_thread(self.registry.in_progress)
         for tenant, store_id, file_id, chunking in pending:
             log.info("vector store %s: resuming the ingestion of %s", store_id, file_id)
+            self.queue.reserve(tenant, 1, force=True)  # accepted before the stop: never refused
             self._start_ingest(tenant, store_id, file_id, chunking)
         return len(pending)
 
@@ -315,6 +327,23 @@ class VectorStoresAPI:
             if await asyncio.to_thread(self.files.get, policy.tenant, file_id) is None:
                 raise file_not_found(file_id)
 
+    async def _attach_reserved(
+        self,
+        policy: Policy,
+        store_id: str,
+        file_ids: list[str],
+        attributes: dict[str, Any],
+        chunking: dict[str, int],
+    ) -> list[dict[str, Any]]:
+        """Attach files whose queue places are reserved; each started ingestion frees its own."""
+        entries: list[dict[str, Any]] = []
+        try:
+            for file_id in file_ids:
+                entries.append(await self._attach(policy, store_id, file_id, attributes, chunking))
+        finally:
+            self.queue.release(policy.tenant, len(file_ids) - len(entries))
+        return entries
+
     async def _attach(
         self,
         policy: Policy,
@@ -338,9 +367,9 @@ class VectorStoresAPI:
     async def _ingest(self, tenant: str, store_id: str, file_id: str, chunking: dict[str, int]) -> None:
         try:
             retrieval = await self._retrieval()
-            # One file at a time per process: each ingest already uses the parse threads and the
-            # embedder's cores, and an index's writes and BM25 rebuild are not made to interleave.
-            async with self._ingesting:
+            # files.ingest_concurrency at a time (1 by default): each ingest already uses the
+            # parse threads and the embedder's cores.
+            async with self.queue.slot(index_key(tenant, store_id)):
                 status, error = await asyncio.to_thread(
                     self._ingest_sync, retrieval, tenant, store_id, file_id, chunking
                 )
@@ -350,6 +379,8 @@ class VectorStoresAPI:
                 "failed",
                 {"code": "server_error", "message": f"ingestion failed: {type(exc).__name__}"},
             )
+        finally:
+            self.queue.release(tenant)
         await asyncio.to_thread(
             self.registry.update_file, tenant, store_id, file_id, status=status, last_error=error
         )
@@ -530,6 +561,9 @@ def install(gateway: Gateway) -> VectorStoresAPI:
         "max_tokens": config.retrieval.chunk_max_tokens,
         "overlap_tokens": config.retrieval.chunk_overlap_tokens,
     }
+    queue = IngestQueue(
+        config.files.ingest_concurrency, config.files.ingest_queue_max, config.files.ingest_queue_per_tenant
+    )
     return VectorStoresAPI(
-        VectorStoreRegistry(root), gateway.files.store, retrieval, chunking, gateway.caller_policy
+        VectorStoreRegistry(root), gateway.files.store, retrieval, chunking, gateway.caller_policy, queue
     )

@@ -23,6 +23,10 @@ from tests.conftest import (
     MockServer,
     RunningGateway,
     gateway_with,
+    spawn_gateway,
+    update_yaml,
+    wait_until_answering,
+    write_gateway_files,
 )
 from tests.contract import check
 
@@ -276,3 +280,64 @@ def test_uploads_attaches_and_searches_count_against_the_rate_limit(
             timeout=30,
         )
         assert chat.status_code == 429, "searches and model calls share the tenant's window"
+
+
+def test_a_batch_over_the_tenants_ingestion_share_is_refused_whole(
+    tmp_path: Path, upstream: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MOCK_UPSTREAM_KEY", UPSTREAM_SECRET)
+    config = {"retrieval": {"enabled": True}, "files": {"ingest_queue_per_tenant": 2}}
+    with gateway_with(tmp_path, upstream, config=config) as running:
+        client = sdk(running)
+        ids = [upload(client, f"doc{i}.md", OPENING) for i in range(3)]
+        store = client.vector_stores.create(name="bounded")
+        with pytest.raises(openai.RateLimitError) as raised:
+            client.vector_stores.file_batches.create(vector_store_id=store.id, file_ids=ids)
+        assert "at most 2 (files.ingest_queue_per_tenant)" in raised.value.message
+        assert client.vector_stores.files.list(vector_store_id=store.id).data == []  # nothing half-done
+        batch = client.vector_stores.file_batches.create_and_poll(vector_store_id=store.id, file_ids=ids[:2])
+        assert batch.file_counts.completed == 2
+        # Finished files free their places.
+        done = client.vector_stores.files.create_and_poll(vector_store_id=store.id, file_id=ids[2])
+        assert done.status == "completed"
+
+
+def test_a_process_killed_mid_ingest_keeps_the_store_searchable_and_finishes_on_restart(
+    tmp_path: Path, upstream: MockServer
+) -> None:
+    """SIGKILL while a large file is being ingested: after the restart the file that was already
+    there answers as before, and the interrupted file is ingested again to completion."""
+    config_path = write_gateway_files(tmp_path, upstream.base)
+    update_yaml(config_path, retrieval={"enabled": True})
+    env = {"MOCK_UPSTREAM_KEY": UPSTREAM_SECRET}
+    server, url = spawn_gateway(config_path, tmp_path, env)
+    try:
+        wait_until_answering(server, f"{url}/healthz")
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=ACME_KEY, max_retries=0)
+        parking = upload(client, "parking.md", PARKING)
+        store = client.vector_stores.create(name="crash", file_ids=[parking])
+        wait_completed(client, store.id)
+        before = client.vector_stores.search(store.id, query="resident parking permit price").data
+        sections = [
+            f"## Section {i}\n\nItem {i} of the long manual says step {i} takes {i} minutes.\n"
+            for i in range(3000)
+        ]
+        big = upload(client, "manual.md", ("# Manual\n\n" + "".join(sections)).encode())
+        attached = client.vector_stores.files.create(vector_store_id=store.id, file_id=big)
+        assert attached.status == "in_progress"
+    finally:
+        server.kill()  # SIGKILL: no shutdown, the ingestion is cut wherever it is
+        server.wait(10)
+    server, url = spawn_gateway(config_path, tmp_path, env)
+    try:
+        wait_until_answering(server, f"{url}/healthz")
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=ACME_KEY, max_retries=0)
+        after = client.vector_stores.search(store.id, query="resident parking permit price").data
+        assert [(r.file_id, r.content[0].text) for r in after[:1]] == [(parking, before[0].content[0].text)]
+        wait_completed(client, store.id, timeout_s=240)
+        assert client.vector_stores.files.retrieve(big, vector_store_id=store.id).status == "completed"
+        found = client.vector_stores.search(store.id, query="How long does step 2999 take?").data
+        assert any("step 2999 takes 2999 minutes" in r.content[0].text for r in found)
+    finally:
+        server.terminate()
+        server.wait(30)
