@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 MAX_RESULTS = 50
 SEARCH_CANDIDATES = 100
+ACTIVITY_PRECISION_S = 60
 
 
 def store_not_found(store_id: str) -> GatewayError:
@@ -160,6 +161,8 @@ class StoreSearch:
             if len(results) == limit:
                 break
         now = int(time.time())
-        for store_id, _ in stores:
-            await asyncio.to_thread(self.registry.update, policy.tenant, store_id, last_active_at=now)
+        for store_id, record in stores:
+            # Expiry counts in days: a minute's precision spares rewriting the record per search.
+            if now - int(record.get("last_active_at") or 0) >= ACTIVITY_PRECISION_S:
+                await asyncio.to_thread(self.registry.update, policy.tenant, store_id, last_active_at=now)
         return StoreResults(results, top or RetrievalResult([], 0.0, 0))

@@ -124,6 +124,24 @@ class VectorStoreRegistry:
             self._write(tenant, record)
             return entry
 
+    def finish_files(self, tenant: str, store_id: str, updates: dict[str, dict[str, Any]]) -> set[str]:
+        """Record ingestion results in one write; the ids of files no longer attached (detached,
+        or the store deleted, meanwhile) are returned, and their entries are not brought back."""
+        with self._lock:
+            record = self.get(tenant, store_id)
+            if record is None:
+                return set(updates)
+            gone = set()
+            for file_id, fields in updates.items():
+                entry = record["files"].get(file_id)
+                if entry is None:
+                    gone.add(file_id)
+                else:
+                    entry.update(fields)
+            record["last_active_at"] = int(time.time())
+            self._write(tenant, record)
+            return gone
+
     def add_batch(self, tenant: str, store_id: str, batch_id: str, file_ids: list[str]) -> None:
         with self._lock:
             record = self.get(tenant, store_id)

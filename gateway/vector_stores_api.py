@@ -17,6 +17,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -46,7 +47,16 @@ if TYPE_CHECKING:
     from gateway.retrieval.service import RetrievalService
 
 log = logging.getLogger("rag_gateway.vector_stores")
+INGEST_BATCH_FILES = 64  # files ingested together (read into memory at once, then embedded in batches)
 MAX_CHUNK_TOKENS = (100, 2048)  # OpenAI allows up to 4096; the chunker here stops at 2048
+
+
+@dataclass(frozen=True, slots=True)
+class PendingFile:
+    tenant: str
+    store_id: str
+    file_id: str
+    chunking: dict[str, int]
 
 
 class VectorStoresAPI:
@@ -67,6 +77,8 @@ class VectorStoresAPI:
         self._policy_of = policy_of
         self._tasks: set[asyncio.Task[None]] = set()  # ingestions running (held so they are not collected)
         self.queue = queue
+        self._pending: dict[str, list[PendingFile]] = {}  # index -> files queued for it
+        self._draining: set[str] = set()  # indexes whose worker is running
 
     async def _body(self, request: Request) -> dict[str, Any]:
         raw = await request.body()
@@ -307,9 +319,14 @@ class VectorStoresAPI:
         return len(pending)
 
     def _start_ingest(self, tenant: str, store_id: str, file_id: str, chunking: dict[str, int]) -> None:
-        task = asyncio.get_running_loop().create_task(self._ingest(tenant, store_id, file_id, chunking))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """Queue the file (its queue place already reserved) for its index's worker."""
+        key = index_key(tenant, store_id)
+        self._pending.setdefault(key, []).append(PendingFile(tenant, store_id, file_id, chunking))
+        if key not in self._draining:
+            self._draining.add(key)
+            task = asyncio.get_running_loop().create_task(self._drain(key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _attachment(
         self, policy: Policy, record: dict[str, Any], body: dict[str, Any], file_ids: list[str]
@@ -364,53 +381,102 @@ class VectorStoresAPI:
         self._start_ingest(policy.tenant, store_id, file_id, chunking)
         return entry
 
-    async def _ingest(self, tenant: str, store_id: str, file_id: str, chunking: dict[str, int]) -> None:
+    async def _drain(self, key: str) -> None:
+        """Ingest an index's queued files, as many together as have queued meanwhile: one file at a
+        time would embed in batches of one and rebuild the index's BM25 once per file."""
+        try:
+            while self._pending.get(key):
+                # files.ingest_concurrency indexes at a time (1 by default): each ingest already
+                # uses the parse threads and the embedder's cores.
+                async with self.queue.slot(key):
+                    batch = self._take(key)
+                    await self._ingest(batch)
+        finally:
+            # No await since the loop saw the list empty: a file queued later starts a new drain.
+            self._draining.discard(key)
+            self._pending.pop(key, None)
+
+    def _take(self, key: str) -> list[PendingFile]:
+        """The next files of the index that share the first one's chunking (one Ingestor's settings)."""
+        pending = self._pending[key]
+        chunking = pending[0].chunking
+        batch: list[PendingFile] = []
+        rest: list[PendingFile] = []
+        for file in pending:
+            if file.chunking == chunking and len(batch) < INGEST_BATCH_FILES:
+                batch.append(file)
+            else:
+                rest.append(file)
+        self._pending[key] = rest
+        return batch
+
+    async def _ingest(self, batch: list[PendingFile]) -> None:
+        first = batch[0]
+        tenant, store_id = first.tenant, first.store_id
+        retrieval: RetrievalService | None = None
         try:
             retrieval = await self._retrieval()
-            # files.ingest_concurrency at a time (1 by default): each ingest already uses the
-            # parse threads and the embedder's cores.
-            async with self.queue.slot(index_key(tenant, store_id)):
-                status, error = await asyncio.to_thread(
-                    self._ingest_sync, retrieval, tenant, store_id, file_id, chunking
-                )
-        except Exception as exc:  # the store or the embedder failed: the file says so, nothing crashes
-            log.warning("vector store %s: file %s failed to ingest: %s", store_id, file_id, exc)
-            status, error = (
-                "failed",
-                {"code": "server_error", "message": f"ingestion failed: {type(exc).__name__}"},
-            )
+            outcomes = await asyncio.to_thread(self._ingest_sync, retrieval, batch)
+        except Exception as exc:  # the store or the embedder failed: the files say so, nothing crashes
+            log.warning("vector store %s: %d files failed to ingest: %s", store_id, len(batch), exc)
+            error = {"code": "server_error", "message": f"ingestion failed: {type(exc).__name__}"}
+            outcomes = {f.file_id: ("failed", error) for f in batch}
         finally:
-            self.queue.release(tenant)
-        await asyncio.to_thread(
-            self.registry.update_file, tenant, store_id, file_id, status=status, last_error=error
-        )
+            self.queue.release(tenant, len(batch))
+        updates = {
+            file_id: {"status": status, "last_error": error} for file_id, (status, error) in outcomes.items()
+        }
+        detached = await asyncio.to_thread(self.registry.finish_files, tenant, store_id, updates)
+        if detached and retrieval is not None:
+            # Detached (or the store deleted) while being ingested: its chunks must not linger.
+            try:
+                index = await asyncio.to_thread(retrieval.store.tenant, index_key(tenant, store_id))
+                await asyncio.to_thread(index.apply, deletes=sorted(detached))
+            except Exception as exc:  # searches skip chunks of unattached files anyway
+                log.warning("vector store %s: chunks of detached files left in the index: %s", store_id, exc)
 
     def _ingest_sync(
-        self, retrieval: RetrievalService, tenant: str, store_id: str, file_id: str, chunking: dict[str, int]
-    ) -> tuple[str, dict[str, str] | None]:
+        self, retrieval: RetrievalService, batch: list[PendingFile]
+    ) -> dict[str, tuple[str, dict[str, str] | None]]:
         from gateway.retrieval.chunking import ChunkingConfig
         from gateway.retrieval.ingest import Ingestor, IngestSettings
 
-        stored = self.files.get(tenant, file_id)
-        path = self.files.content_path(tenant, file_id)
-        if stored is None or path is None:
-            return "failed", {"code": "invalid_file", "message": f"the file {file_id} was deleted"}
-        key = index_key(tenant, store_id)
+        first = batch[0]
+        outcomes: dict[str, tuple[str, dict[str, str] | None]] = {}
+        items: list[tuple[str, bytes, str | None]] = []
+        for file in batch:
+            stored = self.files.get(file.tenant, file.file_id)
+            path = self.files.content_path(file.tenant, file.file_id)
+            if stored is None or path is None:
+                error = {"code": "invalid_file", "message": f"the file {file.file_id} was deleted"}
+                outcomes[file.file_id] = ("failed", error)
+            elif file.file_id not in outcomes:
+                items.append((stored.filename, path.read_bytes(), file.file_id))
+        if not items:
+            return outcomes
+        key = index_key(first.tenant, first.store_id)
         settings = IngestSettings(
             chunking=ChunkingConfig(
-                max_tokens=chunking["max_tokens"], overlap_tokens=chunking["overlap_tokens"]
+                max_tokens=first.chunking["max_tokens"], overlap_tokens=first.chunking["overlap_tokens"]
             ),
-            max_file_bytes=max(stored.bytes, 1),
+            max_file_bytes=max(max(len(data) for _, data, _ in items), 1),
         )
-        report = Ingestor(retrieval.store.tenant(key), retrieval.embedder, settings).ingest_bytes(
-            key, stored.filename, path.read_bytes(), doc_id=file_id, cite_name=True
+        report = Ingestor(retrieval.store.tenant(key), retrieval.embedder, settings).ingest_many(
+            key, items, cite_name=True
         )
-        outcome = report.files[0] if report.files else None
-        if outcome is not None and outcome.outcome in ("added", "updated", "unchanged"):
-            return "completed", None
-        reason = outcome.reason if outcome is not None else "nothing could be read from it"
-        code = "unsupported_file" if "unsupported" in reason else "invalid_file"
-        return "failed", {"code": code, "message": reason}
+        reports = {f.doc_id: f for f in report.files}
+        for _, _, file_id in items:
+            assert file_id is not None
+            outcome = reports.get(file_id)
+            if outcome is not None and outcome.outcome in ("added", "updated", "unchanged"):
+                outcomes[file_id] = ("completed", None)
+                continue
+            reason = (
+                outcome.reason if outcome is not None and outcome.reason else "nothing could be read from it"
+            )
+            code = "unsupported_file" if "unsupported" in reason else "invalid_file"
+            outcomes[file_id] = ("failed", {"code": code, "message": reason})
+        return outcomes
 
     def _chunking(self, strategy: Any, store_default: dict[str, int] | None = None) -> dict[str, int]:
         if strategy is None:

@@ -341,3 +341,18 @@ def test_a_process_killed_mid_ingest_keeps_the_store_searchable_and_finishes_on_
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_results_of_an_ingestion_do_not_bring_back_a_detached_file(tmp_path: Path) -> None:
+    registry = VectorStoreRegistry(tmp_path)
+    store = registry.create("acme", "s", {}, None, None)
+    for file_id in ("file-a", "file-b"):
+        registry.update_file("acme", store["id"], file_id, status="in_progress", attributes={})
+    registry.remove_file("acme", store["id"], "file-b")  # detached while it was being ingested
+    done = {"status": "completed", "last_error": None}
+    gone = registry.finish_files("acme", store["id"], {"file-a": done, "file-b": done})
+    assert gone == {"file-b"}
+    record = registry.get("acme", store["id"])
+    assert record is not None and set(record["files"]) == {"file-a"}
+    assert record["files"]["file-a"]["status"] == "completed"
+    assert registry.finish_files("acme", "vs_gone", {"file-a": done}) == {"file-a"}
