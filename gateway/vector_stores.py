@@ -10,10 +10,13 @@ files' attributes.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,16 @@ class VectorStoreRegistry:
         self.root = root
         self._lock = threading.Lock()
 
+    @contextlib.contextmanager
+    def _locked(self, tenant: str) -> Iterator[None]:
+        """Changes are read-modify-write: serialised between this process's threads, and by an
+        flock between the replicas that share files.dir, so none overwrites another's change."""
+        folder = self.root / tenant / "vector_stores"
+        folder.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(folder / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield  # closing the file releases the flock
+
     def _path(self, tenant: str, store_id: str) -> Path:
         return self.root / tenant / "vector_stores" / f"{store_id}.json"
 
@@ -81,7 +94,7 @@ class VectorStoreRegistry:
             "chunking": chunking,
             "files": {},
         }
-        with self._lock:
+        with self._locked(tenant):
             existing = self.get(tenant, record["id"]) if store_id else None
             if existing is not None:
                 return existing  # the corpus store, made by another request meanwhile
@@ -104,7 +117,7 @@ class VectorStoreRegistry:
         return [r for r in records if r is not None]
 
     def update(self, tenant: str, store_id: str, **fields: Any) -> dict[str, Any] | None:
-        with self._lock:
+        with self._locked(tenant):
             record = self.get(tenant, store_id)
             if record is None:
                 return None
@@ -114,7 +127,7 @@ class VectorStoreRegistry:
 
     def update_file(self, tenant: str, store_id: str, file_id: str, **fields: Any) -> dict[str, Any] | None:
         """Change an attached file's entry (creating it with these fields); None when the store is gone."""
-        with self._lock:
+        with self._locked(tenant):
             record = self.get(tenant, store_id)
             if record is None:
                 return None
@@ -127,7 +140,7 @@ class VectorStoreRegistry:
     def finish_files(self, tenant: str, store_id: str, updates: dict[str, dict[str, Any]]) -> set[str]:
         """Record ingestion results in one write; the ids of files no longer attached (detached,
         or the store deleted, meanwhile) are returned, and their entries are not brought back."""
-        with self._lock:
+        with self._locked(tenant):
             record = self.get(tenant, store_id)
             if record is None:
                 return set(updates)
@@ -143,7 +156,7 @@ class VectorStoreRegistry:
             return gone
 
     def add_batch(self, tenant: str, store_id: str, batch_id: str, file_ids: list[str]) -> None:
-        with self._lock:
+        with self._locked(tenant):
             record = self.get(tenant, store_id)
             if record is not None:
                 record.setdefault("batches", {})[batch_id] = {
@@ -153,7 +166,7 @@ class VectorStoreRegistry:
                 self._write(tenant, record)
 
     def remove_file(self, tenant: str, store_id: str, file_id: str) -> bool:
-        with self._lock:
+        with self._locked(tenant):
             record = self.get(tenant, store_id)
             if record is None or file_id not in record["files"]:
                 return False
@@ -174,7 +187,7 @@ class VectorStoreRegistry:
         return found
 
     def delete(self, tenant: str, store_id: str) -> bool:
-        with self._lock:
+        with self._locked(tenant):
             if self.get(tenant, store_id) is None:
                 return False
             self._path(tenant, store_id).unlink(missing_ok=True)

@@ -9,6 +9,7 @@ import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -356,3 +357,29 @@ def test_results_of_an_ingestion_do_not_bring_back_a_detached_file(tmp_path: Pat
     assert record is not None and set(record["files"]) == {"file-a"}
     assert record["files"]["file-a"]["status"] == "completed"
     assert registry.finish_files("acme", "vs_gone", {"file-a": done}) == {"file-a"}
+
+
+def _attach_many(root: str, store_id: str, prefix: str, start: Any) -> None:
+    registry = VectorStoreRegistry(Path(root))
+    start.wait(30)
+    for i in range(200):
+        registry.update_file("acme", store_id, f"file-{prefix}{i}", status="in_progress", attributes={})
+
+
+def test_replicas_sharing_the_files_dir_lose_no_change(tmp_path: Path) -> None:
+    """Two processes changing one store at once (as replicas sharing files.dir do): every change kept."""
+    import multiprocessing
+
+    store = VectorStoreRegistry(tmp_path).create("acme", "shared", {}, None, None)
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)  # both begin writing at the same moment
+    workers = [
+        context.Process(target=_attach_many, args=(str(tmp_path), store["id"], p, start)) for p in "ab"
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    record = VectorStoreRegistry(tmp_path).get("acme", store["id"])
+    assert record is not None and len(record["files"]) == 400
