@@ -85,7 +85,24 @@ class VectorStoresAPI:
         return parse_json_object(raw) if raw.strip() else {}  # an empty body: every field defaults
 
     async def _store(self, policy: Policy, store_id: str) -> dict[str, Any]:
-        return await self.searcher.record(policy, store_id)
+        record = await self.searcher.record(policy, store_id)
+        if store_id == corpus_store_id(policy.tenant):
+            record = await self._with_documents(policy, record)
+        return record
+
+    async def _with_documents(self, policy: Policy, record: dict[str, Any]) -> dict[str, Any]:
+        """The corpus store's files and the documents `rag-gateway ingest` and the admin API put in
+        its index, listed alike (as their document ids), so its counts and lists are the corpus."""
+        retrieval = await self._retrieval()
+        index = await asyncio.to_thread(retrieval.store.tenant, policy.tenant)
+        documents = await asyncio.to_thread(index.document_hashes)
+        files = dict(record["files"])
+        for doc_id in documents.keys() - files.keys():
+            files[doc_id] = {
+                "status": "completed", "created_at": record["created_at"], "attributes": {},
+                "chunking": self.default_chunking, "usage_bytes": 0, "last_error": None,
+            }  # fmt: skip
+        return {**record, "files": files}
 
     # -- stores -----------------------------------------------------------------------------------
 
@@ -210,9 +227,11 @@ class VectorStoresAPI:
     async def detach(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Any:
             store_id, file_id = request.path_params["vector_store_id"], request.path_params["file_id"]
-            await self._store(policy, store_id)
-            if not await asyncio.to_thread(self.registry.remove_file, policy.tenant, store_id, file_id):
+            record = await self._store(policy, store_id)
+            if file_id not in record["files"]:
                 raise file_not_found(file_id)
+            # A document the CLI or the admin API ingested has no registry entry, only its chunks.
+            await asyncio.to_thread(self.registry.remove_file, policy.tenant, store_id, file_id)
             retrieval = await self._retrieval()
             index = await asyncio.to_thread(retrieval.store.tenant, index_key(policy.tenant, store_id))
             await asyncio.to_thread(index.apply, deletes=[file_id])

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from gateway.files import FileStore
-from gateway.vector_stores import VectorStoreRegistry
+from gateway.vector_stores import VectorStoreRegistry, corpus_store_id
 from tests.conftest import (
     ACME_KEY,
     OTHER_KEY,
@@ -383,3 +383,35 @@ def test_replicas_sharing_the_files_dir_lose_no_change(tmp_path: Path) -> None:
         assert worker.exitcode == 0
     record = VectorStoreRegistry(tmp_path).get("acme", store["id"])
     assert record is not None and len(record["files"]) == 400
+
+
+def test_documents_the_admin_api_ingests_are_files_of_the_corpus_store(
+    tmp_path: Path, upstream: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One corpus model: what `rag-gateway ingest` or the admin API put in is listed, counted and
+    detachable in the corpus store like an attached file."""
+    monkeypatch.setenv("MOCK_UPSTREAM_KEY", UPSTREAM_SECRET)
+    monkeypatch.setenv("TEST_ADMIN_KEY", "sk-admin-corpus")
+    acme = {"retrieval": {"enabled": True, "min_confidence": 0.0}}
+    with gateway_with(tmp_path, upstream, config={"retrieval": {"enabled": True}}, acme=acme) as running:
+        httpx.post(
+            f"{running.url}/admin/tenants/acme/documents",
+            headers={"Authorization": "Bearer sk-admin-corpus"},
+            json={"documents": [{"name": "zones.md", "content": ZONES.decode()}]},
+            timeout=60,
+        ).raise_for_status()
+        client = sdk(running)
+        corpus = corpus_store_id("acme")
+        attached = client.vector_stores.files.create_and_poll(
+            vector_store_id=corpus, file_id=upload(client, "parking.md", PARKING)
+        )
+        listed = {f.id: f.status for f in client.vector_stores.files.list(vector_store_id=corpus).data}
+        assert listed == {"zones.md": "completed", attached.id: "completed"}
+        assert client.vector_stores.retrieve(corpus).file_counts.completed == 2
+        assert client.vector_stores.files.retrieve("zones.md", vector_store_id=corpus).status == "completed"
+        found = client.vector_stores.search(corpus, query="speed limit in Zone B")
+        assert found.data[0].file_id == "zones.md"
+        client.vector_stores.files.delete(file_id="zones.md", vector_store_id=corpus)
+        after = client.vector_stores.search(corpus, query="speed limit in Zone B")
+        assert "zones.md" not in {r.file_id for r in after.data}
+        assert [f.id for f in client.vector_stores.files.list(vector_store_id=corpus).data] == [attached.id]
