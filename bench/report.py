@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-ORDER = ("direct", "gateway", "passthrough_httpx", "passthrough_aiohttp", "litellm")
+ORDER = ("direct", "gateway", "gateway_production", "passthrough_httpx", "passthrough_aiohttp", "litellm")
 
 
 def _f(value: float | None, digits: int = 2, suffix: str = "") -> str:
@@ -84,10 +84,71 @@ def targets_table(r: dict[str, Any]) -> tuple[list[str], dict[str, bool | None]]
             met["rss_growth"],
         )
     )
+    rows += production_targets(r, met)
     rows += phase_targets(r)
     lines = ["| target | goal | measured | met |", "| --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {_met(d)} |" for a, b, c, d in rows]
     return lines, met
+
+
+def production_targets(
+    r: dict[str, Any], met: dict[str, bool | None]
+) -> list[tuple[str, str, str, bool | None]]:
+    """Issue 18: the production chain against the thin aiohttp pass-through and LiteLLM, same run."""
+    thr = {k: v["median"]["rps"] for k, v in r.get("throughput", {}).items()}
+    levels = r.get("latency", {}).get("levels", {})
+    prod, thin, lite = thr.get("gateway_production"), thr.get("passthrough_aiohttp"), thr.get("litellm")
+    rows: list[tuple[str, str, str, bool | None]] = []
+    share = prod / thin if prod and thin else None
+    met["production_vs_thin"] = None if share is None else share >= 0.6
+    rows.append(
+        (
+            "Production chain: throughput vs thin aiohttp pass-through",
+            ">= 0.6x",
+            "n/a" if share is None else f"{share:.2f}x ({prod:,.0f} vs {thin:,.0f} req/s)",
+            met["production_vs_thin"],
+        )
+    )
+    ratio = prod / lite if prod and lite else None
+    met["production_vs_litellm"] = None if ratio is None else ratio >= 30
+    rows.append(
+        (
+            "Production chain: throughput vs LiteLLM proxy",
+            ">= 30x",
+            "n/a (LiteLLM not measured)" if ratio is None else f"{ratio:.1f}x",
+            met["production_vs_litellm"],
+        )
+    )
+    for clients, pct, goal in (("8", "p50_ms", 1.0), ("8", "p99_ms", 3.0), ("1", "p50_ms", 0.5)):
+        by = {k: v["median"] for k, v in levels.get(clients, {}).items()}
+        over = None
+        if "gateway_production" in by and "passthrough_aiohttp" in by:
+            over = by["gateway_production"][pct] - by["passthrough_aiohttp"][pct]
+        key = f"production_{clients}c_{pct}"
+        met[key] = None if over is None else over <= goal
+        rows.append(
+            (
+                f"Production chain: added {pct[:3]} over the thin pass-through ({clients} client"
+                f"{'s' if clients != '1' else ''}, upstream 50 ms)",
+                f"<= {goal:g} ms",
+                _f(over, 2, " ms"),
+                met[key],
+            )
+        )
+    return rows
+
+
+def chain_profile_section(r: dict[str, Any]) -> list[str]:
+    profile = r.get("chain_profile")
+    if not profile:
+        return []
+    out = ["## Production chain: each stage's CPU per request (bench/chain_profile.py)", ""]
+    if profile.get("error"):
+        return [*out, f"Not measured: {profile['error']}", ""]
+    out += ["| stage | own ms per request |", "| --- | ---: |"]
+    out += [f"| {name} | {ms:.3f} |" for name, ms in profile["own_ms_per_request"].items()]
+    out += ["", "Sampled profile, top functions per stage:", "", "```", profile["output"].rstrip(), "```", ""]
+    return out
 
 
 def render(r: dict[str, Any]) -> str:
@@ -234,6 +295,7 @@ def render(r: dict[str, Any]) -> str:
         trail = ", ".join(f"{n // 1000}k: {v:.1f}" for n, v in mem.get("rss_samples", []))
         out += [f"RSS along the memory phase (requests: MB): {trail}.", ""]
 
+    out += chain_profile_section(r)
     out += phase_sections(r)
 
     prof = r.get("profile")

@@ -214,13 +214,16 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 # -- set-up -------------------------------------------------------------------------------------
 
 
-def write_gateway_config(port: int, mock_fast: int, mock_slow: int, key: str) -> Path:
+def write_gateway_config(port: int, mock_fast: int, mock_slow: int, key: str, production_key: str) -> Path:
     from gateway.policy import hash_key
 
     policies = TMP / "policies"
     policies.mkdir(parents=True, exist_ok=True)
     (policies / "_default.yaml").write_text("models: [bench, bench-slow]\nlog_content: false\n")
     (policies / "bench.yaml").write_text(f'tenant: bench\napi_keys: ["{hash_key(key)}"]\n')
+    # The chain a production tenant turns on (issue 18), on the same gateway as the bare tenant.
+    production = {"tenant": "production", "api_keys": [hash_key(production_key)], **PRODUCTION_CHAIN}
+    (policies / "production.yaml").write_text(json.dumps(production))
     config = TMP / "gateway.yaml"
     config.write_text(
         f"""# written by bench/run.py
@@ -234,6 +237,10 @@ models:
     deployments:
       - {{provider: openai_compatible, model: {UPSTREAM_MODEL}, api_base: "http://127.0.0.1:{mock_slow}/v1"}}
 state: memory
+# Priced, so the production tenant's budget reserves and settles real amounts.
+pricing:
+  bench: {{input_per_1k: 0.00015, output_per_1k: 0.0006}}
+  bench-slow: {{input_per_1k: 0.00015, output_per_1k: 0.0006}}
 """
     )
     return config
@@ -480,7 +487,8 @@ def run_suite(args: argparse.Namespace, servers: list[Server], report: dict[str,
     # rag-gateway: ONE worker, pinned to the server core.
     gw_port = free_port()
     key = "sk-bench-" + os.urandom(12).hex()
-    config = write_gateway_config(gw_port, mock_fast_port, mock_slow_port, key)
+    production_key = "sk-bench-prod-" + os.urandom(12).hex()
+    config = write_gateway_config(gw_port, mock_fast_port, mock_slow_port, key, production_key)
     gw_exe = Path(py).parent / "rag-gateway"
     gw_cmd = [str(gw_exe)] if gw_exe.exists() and not args.gateway_src else [py, "-m", "gateway"]
     gw_src = Path(args.gateway_src).resolve() if args.gateway_src else ROOT
@@ -617,6 +625,9 @@ def run_suite(args: argparse.Namespace, servers: list[Server], report: dict[str,
 
     direct = target("direct", "direct (wrk → mock)", mock_fast, mock_fast.base, UPSTREAM_MODEL)
     gw = target("gateway", "rag-gateway", gateway, gateway.base, "bench", key)
+    gw_production = target(
+        "gateway_production", PRODUCTION_LABEL, gateway, gateway.base, "bench", production_key
+    )
     pt_httpx = target(
         "passthrough_httpx",
         "pass-through: starlette + httpx",
@@ -640,7 +651,7 @@ def run_suite(args: argparse.Namespace, servers: list[Server], report: dict[str,
         litellm_key,
     )
     lite.error = litellm_error
-    targets = [direct, gw, pt_httpx, pt_aiohttp, lite]
+    targets = [direct, gw, gw_production, pt_httpx, pt_aiohttp, lite]
     for t in targets:
         if t.ok:
             t.error = validate(t) or validate(t, stream=True)
@@ -678,6 +689,7 @@ def run_suite(args: argparse.Namespace, servers: list[Server], report: dict[str,
     slow_targets = [
         Target("direct", "direct (wrk → mock)", mock_slow.base, UPSTREAM_MODEL, "", mock_slow),
         Target("gateway", "rag-gateway", gateway.base, "bench-slow", key, gateway),
+        Target("gateway_production", PRODUCTION_LABEL, gateway.base, "bench-slow", production_key, gateway),
         Target("passthrough_aiohttp", pt_aiohttp.label, pt_slow.base, UPSTREAM_MODEL, "", pt_slow),
     ]
     if lite.ok:
@@ -755,6 +767,9 @@ def run_suite(args: argparse.Namespace, servers: list[Server], report: dict[str,
     )
     report["memory"] = memory
 
+    # Each stage's CPU per request for the production chain, in-process (bench/chain_profile.py).
+    report["chain_profile"] = chain_profile(args, sc)
+
     # Chain stages, telemetry and cache hits, each on gateways of their own.
     stage_and_telemetry_phases(args, servers, report, (mock_fast_port, mock_slow_port), gw_cmd, gw_src)
 
@@ -766,10 +781,48 @@ def run_suite(args: argparse.Namespace, servers: list[Server], report: dict[str,
     report["gateway_alive_at_end"] = gateway.alive()
 
 
+def chain_profile(args: argparse.Namespace, core: int) -> dict[str, Any]:
+    """bench/chain_profile.py pinned to the server core: own time per stage and the top functions."""
+    requests = 1500 if args.quick else 6000
+    command = [
+        "taskset",
+        "-c",
+        str(core),
+        sys.executable,
+        str(BENCH / "chain_profile.py"),
+        "--requests",
+        str(requests),
+    ]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": "chain_profile.py did not finish in 600 s"}
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    stages: dict[str, float] = {}
+    lines = done.stdout.splitlines()
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 2 and line.startswith("  ") and not line.startswith("   "):
+            with contextlib.suppress(ValueError):
+                stages[parts[0]] = float(parts[1])
+    with contextlib.suppress(ValueError, IndexError):
+        stages["(whole chain)"] = float(next(x for x in lines if "(whole chain)" in x).split()[-1])
+    return {"requests": requests, "own_ms_per_request": stages, "output": done.stdout}
+
+
 # -- chain stages, telemetry and cache hits (separate gateways) -----------------------------------
 
 # Tenants of the stage-overhead gateway: one stage each, then several together. Limits are far
 # out of reach so nothing is rejected; the cache tenants get a new question per request (misses).
+# Issue 18's chain: rate limit, budget, input and output guardrails; no cache, no retrieval.
+PRODUCTION_CHAIN: dict[str, Any] = {
+    "rate_limit": {"enabled": True, "rpm": 1_000_000_000, "tpm": 1_000_000_000_000},
+    "budget": {"enabled": True, "daily_usd": 1_000_000_000},
+    "input_guardrails": {"enabled": True},
+    "output_guardrails": {"enabled": True},
+}
+PRODUCTION_LABEL = "rag-gateway, production chain"
 VERY_HIGH = {
     "rate_limit": {"enabled": True, "rpm": 1_000_000_000, "tpm": 1_000_000_000_000},
     "budget": {"enabled": True, "daily_usd": 1_000_000_000},

@@ -166,3 +166,24 @@ def test_a_long_text_is_scanned_in_windows_with_the_same_findings() -> None:
     assert windowed == expected
     assert asyncio.run(pii.scan_structured_sliced(text, every)) == expected  # the on-loop, sliced scan
     assert len({f.entity for f in windowed}) >= 4
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["no digits at all", "order 4482", "a\u0663b (Arabic-Indic three)", "caf\u00e9 sans chiffre", "", "x9"],
+)
+def test_the_quick_digit_test_agrees_with_the_regex(text: str) -> None:
+    from gateway.guardrails.quick import ANY_DIGIT, has_digit
+
+    assert has_digit(text) is (ANY_DIGIT.search(text) is not None)
+
+
+def test_street_type_words_are_found_alike_in_ascii_and_other_text() -> None:
+    from gateway.guardrails.pii import _romance_type_words
+
+    ascii_text = "Meet at 12 rue de la Paix, or via Roma 5; c. Mayor 3 (route_66 is no street)."
+    accented = ascii_text + " \u2014 allée des Pins"
+    hits = list(_romance_type_words(ascii_text))
+    assert [ascii_text[a:b].lower() for a, b in hits] == ["rue", "via", "route", "c."]
+    allee = accented.index("allée")
+    assert set(_romance_type_words(accented)) == {*hits, (allee, allee + 5)}  # the non-ASCII path

@@ -12,7 +12,7 @@ import json
 import math
 import re
 from functools import lru_cache
-from itertools import pairwise
+from itertools import pairwise, repeat
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +25,19 @@ TOKEN = re.compile(r"\w+|[^\w\s.,?!;:'\"()\-]{1,3}")
 MAX_TOKENS = 2048
 
 
-def features(text: str) -> set[str]:
-    tokens = TOKEN.findall(text.lower())[:MAX_TOKENS]
+def tokens_of(text: str) -> list[str]:
+    return TOKEN.findall(text.lower())[:MAX_TOKENS]
+
+
+def features_of(tokens: list[str]) -> set[str]:
+    """Unigrams and bigrams of a token list."""
     feats = set(tokens)
-    feats.update(f"{a} {b}" for a, b in pairwise(tokens))
+    feats.update(map(" ".join, pairwise(tokens)))
     return feats
+
+
+def features(text: str) -> set[str]:
+    return features_of(tokens_of(text))
 
 
 class LinearInjectionClassifier:
@@ -48,13 +56,15 @@ class LinearInjectionClassifier:
         path.write_text(json.dumps(payload, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
 
     def probability(self, text: str) -> float:
-        feats = features(text)
+        return self.score(features(text))
+
+    def score(self, feats: set[str]) -> float:
+        """The probability of a text with these features (from `features`)."""
         if not feats:
             return 0.0
-        get = self.weights.get
         # Dividing by sqrt(#features) is the L2 normalisation of a binary vector, which keeps long
-        # benign texts from adding up to a high score.
-        z = self.bias + sum(get(f, 0.0) for f in feats) / math.sqrt(len(feats))
+        # benign texts from adding up to a high score. map() spares a generator frame per feature.
+        z = self.bias + sum(map(self.weights.get, feats, repeat(0.0))) / math.sqrt(len(feats))
         return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
 
     def probabilities(self, texts: list[str]) -> np.ndarray:

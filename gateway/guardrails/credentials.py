@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from gateway.guardrails.checksums import shannon_entropy
 from gateway.guardrails.findings import Finding
+from gateway.guardrails.quick import has_digit
 
 _END = r"(?![A-Za-z0-9_-])"
 # (kind, literal that must occur, pattern). Order matters where shapes nest (Anthropic keys start "sk-").
@@ -22,7 +23,7 @@ PROVIDER_KEYS: tuple[tuple[str, str, re.Pattern[str]], ...] = (
         "sk-",
         re.compile(r"(?<![A-Za-z0-9_-])sk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{20,}" + _END),
     ),
-    ("aws_access_key", "A", re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Z0-9])")),
+    ("aws_access_key", "", re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Z0-9])")),
     ("github_token", "gh", re.compile(r"(?<![A-Za-z0-9_])gh[pousr]_[A-Za-z0-9]{30,}" + _END)),
     ("github_pat", "github_pat_", re.compile(r"github_pat_[A-Za-z0-9_]{22,}" + _END)),
     ("slack_token", "xox", re.compile(r"(?<![A-Za-z0-9])xox[abposre]-[A-Za-z0-9-]{10,}" + _END)),
@@ -61,9 +62,12 @@ def _looks_random(token: str) -> bool:
     return shannon_entropy(token) >= MIN_TOKEN_ENTROPY
 
 
+AWS_PREFIXES = ("AKIA", "ASIA", "ABIA", "ACCA")
+
+
 def find_secrets(text: str) -> Iterator[Finding]:
     for kind, literal, pattern in PROVIDER_KEYS:
-        if literal in text:
+        if literal in text if literal else any(p in text for p in AWS_PREFIXES):
             for m in pattern.finditer(text):
                 yield Finding("SECRET", m.start(), m.end(), f"secret:{kind}")
     if "-----BEGIN" in text:
@@ -80,6 +84,7 @@ def find_secrets(text: str) -> Iterator[Finding]:
         if any(c.isdigit() for c in value) or not value.replace("_", "").replace(".", "").isalpha():
             if "(" not in value and not value.endswith("."):
                 yield Finding("SECRET", m.start(1), m.end(1), "secret:assignment")
-    for m in TOKEN.finditer(text):
+    # A high-entropy token must hold a digit (_looks_random): prose without one has none.
+    for m in TOKEN.finditer(text) if has_digit(text) else ():
         if _looks_random(m.group()):
             yield Finding("SECRET", m.start(), m.end(), "secret:high_entropy", score=0.8)

@@ -10,7 +10,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.guardrails.classifier import LinearInjectionClassifier, default_classifier
+from gateway.guardrails.classifier import (
+    MAX_TOKENS,
+    LinearInjectionClassifier,
+    default_classifier,
+    features,
+    features_of,
+    tokens_of,
+)
 from gateway.guardrails.settings import InjectionSettings
 
 _I = re.IGNORECASE
@@ -104,7 +111,10 @@ HINTS: dict[str, tuple[str, ...]] = {
     "hide_from_user": ("the user",),
     "exfiltration": ("](http", "send", "forward", "post", "upload", "exfiltrate"),
 }
-SENTENCE = re.compile(r"(?:[^.!?\n]|[.!?](?!\s|$))+(?:[.!?]+|\n|$)")
+GATED_HEURISTICS = tuple((name, pattern, HINTS[name]) for name, pattern in HEURISTICS)
+# Runs of ordinary characters are taken whole ([^.!?\n]+), not one alternation per character: the
+# same sentences, ~7x faster.
+SENTENCE = re.compile(r"(?:[^.!?\n]+|[.!?](?!\s|$))+(?:[.!?]+|\n|$)")
 MIN_SENTENCE_WORDS = 4
 
 
@@ -145,28 +155,47 @@ class InjectionDetector:
     def scan(self, text: str, index: int = 0) -> list[InjectionFinding]:
         found: list[InjectionFinding] = []
         lowered = text.lower()
-        for name, pattern in HEURISTICS:
-            if not any(h in lowered for h in HINTS[name]):
+        for name, pattern, hints in GATED_HEURISTICS:
+            for hint in hints:  # a plain loop: any() over a generator costs a frame per heuristic
+                if hint in lowered:
+                    break
+            else:
                 continue
             for m in pattern.finditer(text):
                 found.append(InjectionFinding(index, f"heuristic:{name}", m.start(), m.end(), 1.0))
         if self.classifier is None:
             return found
-        threshold = self.settings.threshold
+        classifier, threshold = self.classifier, self.settings.threshold
         spans = sentences(text)
         flagged = False
+        # Each sentence's tokens once: its own score, and (joined) the whole text's features.
+        pieces: list[list[str]] = []
         for start, end in spans:
-            if len(text[start:end].split()) < MIN_SENTENCE_WORDS:
+            sentence = text[start:end]
+            tokens = tokens_of(sentence)
+            pieces.append(tokens)
+            if len(sentence.split()) < MIN_SENTENCE_WORDS:
                 continue  # too short to judge; "Ignore it." alone is not an attack
-            p = self.classifier.probability(text[start:end])
+            p = classifier.score(features_of(tokens))
             if p >= threshold:
                 flagged = True
                 found.append(InjectionFinding(index, "classifier", start, end, p))
         if not flagged and len(spans) > 1:
-            p = self.classifier.probability(text)
+            p = classifier.score(self._whole_text_features(text, pieces))
             if p >= threshold:
                 found.append(InjectionFinding(index, "classifier", 0, len(text), p))
         return found
+
+    @staticmethod
+    def _whole_text_features(text: str, pieces: list[list[str]]) -> set[str]:
+        """`features(text)` from the sentences' tokens: no token crosses a sentence boundary and
+        none lies outside the sentences, so their concatenation is the text's token list. Unless
+        lower-casing changes the text's length (a few Unicode letters), or the text is past the
+        token cap: then it is tokenised afresh."""
+        joined = [token for tokens in pieces for token in tokens]
+        if len(joined) >= MAX_TOKENS or len(text.lower()) != len(text):
+            return features(text)
+        return features_of(joined)
 
     def scan_many(self, texts: Sequence[str]) -> list[InjectionFinding]:
         found: list[InjectionFinding] = []
