@@ -237,6 +237,9 @@ models:
     deployments:
       - {{provider: openai_compatible, model: {UPSTREAM_MODEL}, api_base: "http://127.0.0.1:{mock_slow}/v1"}}
 state: memory
+# As issue 18 measures the chain: the request log and tracing off (their cost is the telemetry
+# phase's to measure), metrics on.
+telemetry: {{traces: false, request_log: {{enabled: false}}}}
 # Priced, so the production tenant's budget reserves and settles real amounts.
 pricing:
   bench: {{input_per_1k: 0.00015, output_per_1k: 0.0006}}

@@ -28,6 +28,7 @@ from gateway.retrieval.tokens import TokenCounter, default_counter
 from gateway.services import Services, provider_embedding_model
 from gateway.store_search import StoreResults, StoreSearch
 from middleware.input_guardrails import ChunkScreen, chunk_screen
+from middleware.refusal import RefusalStage
 from middleware.retrieval import (
     QueryCost,
     RetrievalOutcome,
@@ -62,12 +63,16 @@ class FileSearchStage:
         counter: Callable[[], TokenCounter],
         screen: ChunkScreen | None = None,
         query_cost: QueryCost | None = None,
+        refusal: RefusalStage | None = None,
     ) -> None:
         self.settings = settings  # the tenant's retrieval settings: template, token budget, follow-ups
         self.stores = stores
         self.counter = counter  # loaded with the retrieval service the search opens
         self.screen = screen
         self.query_cost = query_cost
+        # The tenant's confidence bar, when its policy has no retrieval (and so no refusal stage
+        # in the chain, which otherwise applies it to this stage's outcome as to retrieval's).
+        self.refusal = refusal
 
     async def _search(self, ctx: RequestContext, tool: FileSearchTool, query: str) -> StoreResults:
         stores = [(sid, await self.stores.searchable(ctx.policy, sid)) for sid in tool.vector_store_ids]
@@ -121,7 +126,10 @@ class FileSearchStage:
             [query],
             [r.as_openai(text_key="text") for r in found.results] if tool.include_results else None,
         )
-        response = await call_next(ctx)
+        if self.refusal is not None:
+            response = await self.refusal.handle(ctx, call_next)
+        else:
+            response = await call_next(ctx)
         attach_citations(response, outcome)
         if response.status == 200:
             if response.is_stream:
@@ -138,6 +146,7 @@ def build(policy: Policy, services: Services) -> FileSearchStage | None:
         return None  # an embedded use of the chain without the vector stores API
     embedding_model = provider_embedding_model(services.config)
     query_cost = QueryCost(embedding_model, services.pricing) if embedding_model is not None else None
+    refusal = None if policy.retrieval.enabled else RefusalStage(policy.retrieval)
     return FileSearchStage(
-        policy.retrieval, services.vector_stores, default_counter, chunk_screen(policy), query_cost
+        policy.retrieval, services.vector_stores, default_counter, chunk_screen(policy), query_cost, refusal
     )

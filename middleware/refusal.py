@@ -60,6 +60,6 @@ class RefusalStage:
 
 
 def build(policy: Policy, services: Services) -> RefusalStage | None:
-    # The file_search tool can bring a retrieval outcome to any tenant's request.
-    searches = policy.retrieval.enabled or services.vector_stores is not None
-    return RefusalStage(policy.retrieval) if searches else None
+    # Without the policy's retrieval, the file_search stage applies the refusal itself: a stage
+    # here would cost every other request of the tenant its pass.
+    return RefusalStage(policy.retrieval) if policy.retrieval.enabled else None

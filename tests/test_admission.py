@@ -534,3 +534,20 @@ async def test_calls_made_on_the_tenants_behalf_are_reserved_and_booked() -> Non
     prompt = pricing().count_prompt("gpt-4o-mini", ctx_side.request.body)
     assert reserved[1] - reserved[0] == round((prompt + 12_000) * 1e-7 * 1e9 + 200 * 2e-7 * 1e9)
     assert ctx_side.cost_nanos - ctx_plain.cost_nanos == round(3000 * 1e-7 * 1e9 + 20 * 2e-7 * 1e9)
+
+
+def test_period_ends_are_the_next_utc_midnight_and_first_of_month() -> None:
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.state.spend import day_end, month_end
+
+    rng = random.Random(4)
+    for ts in [0.0, 951_868_799.9, 1_798_761_599.5, 1_798_761_600.0] + [
+        rng.uniform(0, 4e9) for _ in range(500)
+    ]:
+        moment = datetime.fromtimestamp(ts, UTC)
+        tomorrow = moment.date() + timedelta(days=1)
+        assert day_end(ts) == datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=UTC).timestamp()
+        year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
+        assert month_end(ts) == datetime(year, month, 1, tzinfo=UTC).timestamp()

@@ -32,12 +32,17 @@ def utc_month(ts: float) -> str:
 
 
 def day_end(ts: float) -> int:
-    d = _dt(ts).date() + timedelta(days=1)
-    return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp())
+    # Unix time has no leap seconds: every UTC day is 86,400 of them.
+    return (int(ts // 86400) + 1) * 86400
 
 
 def month_end(ts: float) -> int:
-    d = _dt(ts)
+    return _month_end_of(int(ts // 86400))
+
+
+@lru_cache(maxsize=4)
+def _month_end_of(day_number: int) -> int:
+    d = _dt(day_number * 86400)
     year, month = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
     return int(datetime(year, month, 1, tzinfo=UTC).timestamp())
 
