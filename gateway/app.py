@@ -19,7 +19,7 @@ from starlette.routing import Mount, Route
 
 from gateway.admin import ingest_documents, reindex_tenant, tenant_spend
 from gateway.api_routes import list_page
-from gateway.chain import Handler, compose
+from gateway.chain import FILE_SEARCH_CHAIN, Handler, compose
 from gateway.config import DEFAULT_DEMO_KEY, DEMO_KEY_ENV, GatewayConfig, load_config
 from gateway.edge import ChatClient, EmbeddingsClient, ModelKind
 from gateway.errors import GatewayError, PoliciesNotApplicable, VectorStoreUnavailable, error_response
@@ -295,6 +295,8 @@ class Gateway:
         tracer = self.observability.tracing.tracer
         for tenant, policy in snapshot.policies.items():
             chains[(tenant, "chat")] = compose(build_stages(policy, self._services), terminal, tracer)
+            with_search = build_stages(policy, self._services, file_search=True)
+            chains[(tenant, FILE_SEARCH_CHAIN)] = compose(with_search, terminal, tracer)
             # Embeddings are admitted and accounted; the chat-only stages do not apply.
             embedding_stages = build_embedding_stages(policy, self._services)
             chains[(tenant, "embeddings")] = compose(embedding_stages, terminal, tracer)
@@ -305,6 +307,8 @@ class Gateway:
         gc.freeze()
 
     def handler_for(self, tenant: str, endpoint: str) -> Handler:
+        """The tenant's chain for "chat", "embeddings" or FILE_SEARCH_CHAIN (a request that carries
+        the file_search tool)."""
         return self._chains[(tenant, endpoint)]
 
     def serves(self, model: str, kind: ModelKind) -> bool:

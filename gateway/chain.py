@@ -31,6 +31,10 @@ class Stage(Protocol):
     async def handle(self, ctx: RequestContext, call_next: Handler) -> GatewayResponse: ...
 
 
+# The chain of a request that carries the Responses API's file_search tool (see middleware).
+FILE_SEARCH_CHAIN = "file_search"
+
+
 def compose(stages: Sequence[Stage], terminal: Handler, tracer: Tracer | None = None) -> Handler:
     """One callable running every stage in order, then the terminal handler (the upstream call)."""
     handler: Handler = terminal

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from opentelemetry.trace import Span, SpanKind
 
+from gateway.chain import FILE_SEARCH_CHAIN
 from gateway.context import RequestContext
 from gateway.edge import ClientProtocol
 from gateway.errors import ClientGone, GatewayError
@@ -251,7 +252,8 @@ class ProtocolEndpoint:
         watcher = asyncio.create_task(watch_disconnect())
         response: GatewayResponse | None = None
         try:
-            response = await self.gateway.handler_for(ctx.tenant, self.chain_kind)(ctx)
+            kind = self.chain_kind if ctx.request.file_search is None else FILE_SEARCH_CHAIN
+            response = await self.gateway.handler_for(ctx.tenant, kind)(ctx)
             exchange.status = response.status
             if response.is_stream:
                 await send_stream(ctx, response, send, exchange, self.protocol, watching)

@@ -40,6 +40,8 @@ STAGE_BUILDERS: tuple[Callable[[Policy, Services], Stage | None], ...] = (
 )
 
 
+FILE_SEARCH = file_search.build
+
 # Embeddings are accounted and limited too; the chat-only stages do not apply to them.
 EMBEDDING_STAGE_BUILDERS: tuple[Callable[[Policy, Services], Stage | None], ...] = (admission.build,)
 
@@ -48,9 +50,14 @@ def build_embedding_stages(policy: Policy, services: Services) -> list[Stage]:
     return [stage for build in EMBEDDING_STAGE_BUILDERS if (stage := build(policy, services)) is not None]
 
 
-def build_stages(policy: Policy, services: Services) -> list[Stage]:
+def build_stages(policy: Policy, services: Services, *, file_search: bool = False) -> list[Stage]:
+    """The tenant's chain. `file_search`: the chain of requests that carry the Responses API's
+    file_search tool; every other request gets the chain without that stage, so it pays no pass,
+    span or timing entry for a tool it did not send."""
     stages: list[Stage] = []
     for build in STAGE_BUILDERS:
+        if build is FILE_SEARCH and not file_search:
+            continue
         stage = build(policy, services)
         if stage is not None:
             stages.append(stage)
