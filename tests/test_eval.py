@@ -206,3 +206,29 @@ def test_sample_corpus_meets_its_baseline(tmp_path: Path) -> None:
     summary = json.loads(answers.stdout)
     assert summary["citation_validity"] == 1.0 and summary["answers_with_citations"] == 1.0
     assert summary["refusal_rate_unanswerable"] >= 0.9 and summary["answerable_citing_relevant"] >= 0.7
+
+
+DEVSET = REPO / "samples" / "devset"
+
+
+def test_the_devset_is_well_formed() -> None:
+    """samples/devset/check.py: every answer verbatim in its document, every document unchanged."""
+    checked = subprocess.run(
+        [sys.executable, str(DEVSET / "check.py")], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
+
+
+def test_the_devset_meets_its_baseline(tmp_path: Path) -> None:
+    """The CI gate's second golden set: real documents nobody wrote for the gateway (READMEs, man
+    pages, HTML manuals, PDFs, tables, code). Its baseline records today's figures, refusal rates
+    included, so a retrieval or confidence regression on real documents fails the build."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({"vector_store": {"path": str(tmp_path / "chroma")}}))
+    ingest = run_cli("ingest", "--config", str(config), "--tenant", "demo", str(DEVSET / "corpus"))
+    assert ingest.returncode == 0, ingest.stdout + ingest.stderr
+    result = run_cli(
+        "eval", "retrieval", "--config", str(config), "--tenant", "demo",
+        "--golden", str(DEVSET / "questions.jsonl"), "--baseline", str(DEVSET / "baseline.json"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
