@@ -5,6 +5,7 @@ refusal policy, isolation, clear 400s, and answers validated against OpenAI's co
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -270,3 +271,39 @@ def test_two_file_search_tools_are_refused(gw: RunningGateway) -> None:
         timeout=30,
     )
     assert raw.status_code == 400 and raw.json()["error"]["param"] == "tools[1]"
+
+
+def test_with_the_policys_retrieval_on_the_tool_replaces_it_and_refuses_once(
+    tmp_path_factory: pytest.TempPathFactory, upstream: MockServer
+) -> None:
+    """A tenant whose policy has retrieval: the named stores are searched instead of its corpus,
+    and the chain's refusal stage applies the bar to that search, once."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MOCK_UPSTREAM_KEY", UPSTREAM_SECRET)
+        root = tmp_path_factory.mktemp("file-search-retrieval")
+        path = write_gateway_files(root, upstream.base)
+        update_yaml(path, retrieval={"enabled": True})
+        update_yaml(root / "policies" / "acme.yaml", retrieval={"enabled": True})
+        with gateway_in_thread(path, upstream) as running:
+            client = sdk(running)
+            parking = client.files.create(file=("parking.md", PARKING), purpose="assistants").id
+            store = client.vector_stores.create(name="own", file_ids=[parking])
+            deadline = time.monotonic() + 60
+            while client.vector_stores.retrieve(store.id).file_counts.in_progress:
+                assert time.monotonic() < deadline, "the file was not ingested in time"
+                time.sleep(0.1)
+            running.upstream.script("mock-1", f"say:{ANSWER}")
+            answered = client.responses.create(
+                model="gpt-mock", input=QUESTION, tools=[file_search(store.id)]
+            )
+            assert answered.output_text == ANSWER
+            assert answered.output[1].content[0].annotations[0].file_id == parking  # type: ignore[union-attr]
+            refused = httpx.post(
+                f"{running.url}/v1/responses",
+                headers={"Authorization": f"Bearer {ACME_KEY}"},
+                json={"model": "gpt-mock", "input": "Who won the 1998 football world cup final?",
+                      "tools": [file_search(store.id)]},
+                timeout=60,
+            )  # fmt: skip
+            assert refused.headers["x-gateway-refused"] == "low_confidence"
+            assert refused.json()["output"][1]["content"][0]["text"] == DEFAULT_REFUSAL
