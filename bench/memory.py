@@ -4,7 +4,8 @@
    demo tenant's seed corpus (samples/corpus) is ingested in the background; RSS is read once
    /readyz says it is done, then again after a few retrieval requests [<= 400 MB].
 2. A gateway with retrieval off, idle after start-up, for a tenant with no limits [< 150 MB], and
-   one with a rate limit and a budget (reported: they import litellm today, issue 18's <= 100 MB).
+   one with issue 18's production chain: a rate limit, a budget, input and output guardrails
+   [<= 100 MB].
 
     .venv/bin/python bench/memory.py
 
@@ -100,12 +101,15 @@ def after_sample_ingest(work: Path) -> dict[str, float]:
 
 
 def idle_without_retrieval(work: Path, limits: bool) -> dict[str, float]:
-    """`limits`: the tenant has a rate limit and a budget (today they import litellm, issue 18)."""
+    """`limits`: the tenant has the production chain (rate limit, budget, input and output guardrails)."""
     policies = work / "policies"
     policies.mkdir()
     policy = f"tenant: proxy\napi_keys: ['{hash_key('sk-proxy-bench')}']\nmodels: [local-extractive]\n"
     if limits:
-        policy += "rate_limit: {enabled: true, rpm: 100000}\nbudget: {enabled: true, daily_usd: 100}\n"
+        policy += (
+            "rate_limit: {enabled: true, rpm: 100000}\nbudget: {enabled: true, daily_usd: 100}\n"
+            "input_guardrails: {enabled: true}\noutput_guardrails: {enabled: true}\n"
+        )
     (policies / "proxy.yaml").write_text(policy)
     config = work / "gateway.yaml"
     config.write_text("policies_dir: policies\nretrieval: {enabled: false}\n")
