@@ -28,7 +28,6 @@ import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.procs import Server  # noqa: E402
 from bench.retrieval_perf import TextGen, pct, random_unit, write_markdown_corpus  # noqa: E402
 from gateway.config import load_config  # noqa: E402
 from gateway.files import FileStore  # noqa: E402
@@ -134,24 +134,21 @@ def build_store(config_path: Path, chunks: int, files: int, real: int) -> tuple[
     return store_id, time.perf_counter() - started
 
 
-def serve(config_path: Path, port: int) -> subprocess.Popen:
-    server = subprocess.Popen(
+def serve(config_path: Path, port: int) -> Server:
+    """`rag-gateway serve` on the built data directory, unpinned (both cores), until /healthz."""
+    server = Server(
+        "rag-gateway-stores",
         [sys.executable, "-m", "gateway", "serve", "--config", str(config_path), "--port", str(port)],
+        port,
+        config_path.parent,
+        None,
+        env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "ANONYMIZED_TELEMETRY": "False"},
+        ready_path="/healthz",
         cwd=config_path.parent,
-        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "ANONYMIZED_TELEMETRY": "False"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("the gateway did not start")
-        time.sleep(0.2)
+    server.start()
+    server.wait_ready(180)
+    return server
 
 
 async def search_latency(base: str, store_id: str, queries: list[str], warmup: int) -> dict[str, Any]:
@@ -332,8 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"search {json.dumps(result['search'])}")
             attach = attach_throughput(base, corpus)
         finally:
-            server.terminate()
-            server.wait(30)
+            server.stop(30)
         chunks, raw_s = raw_embed(config_path, corpus)
         attach_rate = chunks / attach["seconds"] if attach["seconds"] else 0.0
         raw_rate = chunks / raw_s if raw_s else 0.0
