@@ -135,9 +135,11 @@ class VectorStoresAPI:
 
     async def list(self, request: Request) -> Response:
         async def handle(policy: Policy) -> Any:
-            if policy.retrieval.enabled:
-                await self._store(policy, corpus_store_id(policy.tenant))  # listed beside the others
             records = await asyncio.to_thread(self.registry.list, policy.tenant)
+            if policy.retrieval.enabled:
+                # Listed beside the others, counting its CLI and admin documents as retrieve does.
+                corpus = corpus_store_id(policy.tenant)
+                records = [r for r in records if r["id"] != corpus] + [await self._store(policy, corpus)]
             return _page([store_object(r) for r in records], request, key=lambda o: o["created_at"])
 
         return await answer(request, self._policy_of, handle)

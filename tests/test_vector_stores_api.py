@@ -408,6 +408,8 @@ def test_documents_the_admin_api_ingests_are_files_of_the_corpus_store(
         listed = {f.id: f.status for f in client.vector_stores.files.list(vector_store_id=corpus).data}
         assert listed == {"zones.md": "completed", attached.id: "completed"}
         assert client.vector_stores.retrieve(corpus).file_counts.completed == 2
+        (listed_corpus,) = [s for s in client.vector_stores.list().data if s.id == corpus]
+        assert listed_corpus.file_counts.completed == 2  # the list counts as retrieve does
         assert client.vector_stores.files.retrieve("zones.md", vector_store_id=corpus).status == "completed"
         found = client.vector_stores.search(corpus, query="speed limit in Zone B")
         assert found.data[0].file_id == "zones.md"
