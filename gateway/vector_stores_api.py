@@ -465,13 +465,17 @@ class VectorStoresAPI:
         first = batch[0]
         outcomes: dict[str, tuple[str, dict[str, str] | None]] = {}
         items: list[tuple[str, bytes, str | None]] = []
+        seen: set[str] = set()
         for file in batch:
+            if file.file_id in seen:
+                continue  # attached again before its ingestion began: read and embedded once
+            seen.add(file.file_id)
             stored = self.files.get(file.tenant, file.file_id)
             path = self.files.content_path(file.tenant, file.file_id)
             if stored is None or path is None:
                 error = {"code": "invalid_file", "message": f"the file {file.file_id} was deleted"}
                 outcomes[file.file_id] = ("failed", error)
-            elif file.file_id not in outcomes:
+            else:
                 items.append((stored.filename, path.read_bytes(), file.file_id))
         if not items:
             return outcomes

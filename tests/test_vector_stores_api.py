@@ -417,3 +417,16 @@ def test_documents_the_admin_api_ingests_are_files_of_the_corpus_store(
         after = client.vector_stores.search(corpus, query="speed limit in Zone B")
         assert "zones.md" not in {r.file_id for r in after.data}
         assert [f.id for f in client.vector_stores.files.list(vector_store_id=corpus).data] == [attached.id]
+
+
+def test_a_file_attached_twice_at_once_is_ingested_once(stores: RunningGateway) -> None:
+    client = sdk(stores)
+    store = client.vector_stores.create(name="twice")
+    library = upload(client, "library.md", OPENING)
+    batch = client.vector_stores.file_batches.create_and_poll(
+        vector_store_id=store.id, file_ids=[library, library]
+    )
+    assert batch.status == "completed"
+    assert client.vector_stores.files.retrieve(library, vector_store_id=store.id).status == "completed"
+    found = client.vector_stores.search(store.id, query="When does the library open on Saturdays?")
+    assert [r.file_id for r in found.data] == [library]
