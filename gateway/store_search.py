@@ -102,10 +102,14 @@ class StoreSearch:
         """The tenant's stores that can be searched: its corpus (when its policy has retrieval)
         and every store it created that has not expired."""
         corpus = corpus_store_id(policy.tenant)
-        stores = [(corpus, await self.record(policy, corpus))] if policy.retrieval.enabled else []
-        for record in await asyncio.to_thread(self.registry.list, policy.tenant):
-            if record["id"] != corpus and store_object(record)["status"] != "expired":
-                stores.append((record["id"], record))
+        listed = {r["id"]: r for r in await asyncio.to_thread(self.registry.list, policy.tenant)}
+        stores = []
+        if policy.retrieval.enabled:
+            # Read with the others; recorded here only on the corpus store's first sight.
+            stores.append((corpus, listed.get(corpus) or await self.record(policy, corpus)))
+        for store_id, record in listed.items():
+            if store_id != corpus and store_object(record)["status"] != "expired":
+                stores.append((store_id, record))
         return stores
 
     async def searchable(self, policy: Policy, store_id: str) -> dict[str, Any]:
