@@ -175,7 +175,7 @@ class Metrics:
             stage, action = decision.stage, decision.action
             if stage == "cache":
                 # A miss whose nearest paraphrase was turned away by the paraphrase check counts
-                # apart: it shows how much recall verify_paraphrase costs a tenant.
+                # apart: it shows how much recall the paraphrase check costs a tenant.
                 rejected = action == "miss" and (decision.detail or {}).get("rejected")
                 child(self.cache, tenant, "paraphrase-rejected" if rejected else action).inc()
             elif stage == "refusal" and action == "refuse":

@@ -3,10 +3,13 @@
 Sits after the input guardrails and before retrieval, so a hit skips retrieval and the model.
 1. exact: the same request (canonicalised) for the same tenant, model and corpus version;
 2. semantic: the last user turn, embedded, against the tenant's entries in the same scope (model,
-   system prompt, earlier turns, parameters), served when cosine >= similarity_threshold and (with
-   verify_paraphrase, the default) the cached question passes gateway.cache.paraphrase: same kind
-   of question, numbers, negation, people and content words. The few most similar entries are
-   tried in order, so a near-miss that fails the check does not hide a true paraphrase behind it.
+   system prompt, earlier turns, parameters), served when cosine >= the threshold and the
+   paraphrase check passes: with `rules` (the default) gateway.cache.paraphrase (same kind of
+   question, numbers, negation, people and content words), with `judge` the learned model of
+   gateway.cache.judge (numbers and negation still must match). Both questions are compared in
+   their normal form (gateway.cache.normalize: case, contractions, punctuation, whitespace). The
+   few most similar entries are tried in order, so a near-miss that fails the check does not
+   hide a true paraphrase behind it.
 Hits come back in the request's own format (a stream is replayed as SSE) with
 `x-gateway-cache: hit | semantic-hit`, else `miss` or `bypass`, and `x-gateway-cache-similarity`
 when a semantic candidate was compared.
@@ -30,7 +33,9 @@ from collections.abc import Callable
 import numpy as np
 
 from gateway.cache.entry import REPLAYED_HEADERS, CachedAnswer, answer_from_completion, replay
+from gateway.cache.judge import ParaphraseJudge, load_judge
 from gateway.cache.keys import RequestKeys, cache_control, request_keys, uncacheable_reason
+from gateway.cache.normalize import NORMAL_FORM, normalize_question
 from gateway.cache.paraphrase import QuestionShape, mismatch, question_shape
 from gateway.cache.settings import CachePolicy
 from gateway.cache.store import CacheStore, CacheUnavailable, Limits
@@ -76,6 +81,13 @@ class CacheStage:
         self.settings = settings
         self.store = store
         self.embedder = embedder if settings.semantic else None
+        # Raises JudgeUnavailable (the policy is not built) when the judge has no weights for it.
+        self.judge: ParaphraseJudge | None = (
+            load_judge(self.embedder.model_id)
+            if self.embedder is not None and settings.paraphrase_check == "judge"
+            else None
+        )
+        self.threshold = settings.threshold
         self.fingerprint = fingerprint
         self._corpus_version = corpus_version
         self.limits = Limits(settings.ttl_s, settings.max_entries_per_tenant)
@@ -120,7 +132,7 @@ class CacheStage:
 
     def _keys(self, ctx: RequestContext) -> RequestKeys:
         version = self._corpus_version(ctx.tenant) if self._corpus_version is not None else 0
-        model_id = self.embedder.model_id if self.embedder is not None else ""
+        model_id = f"{self.embedder.model_id}/{NORMAL_FORM}" if self.embedder is not None else ""
         return request_keys(ctx.tenant, ctx.model, version, self.fingerprint, model_id, ctx.request.body)
 
     async def _lookup(self, ctx: RequestContext, keys: RequestKeys) -> GatewayResponse | np.ndarray | None:
@@ -129,11 +141,12 @@ class CacheStage:
             answer = self._valid(await self.store.get(ctx.tenant, keys.exact), ctx, keys)
             if answer is not None:
                 return self._replay(ctx, answer, "hit", keys.exact)
-        vector = await self._embed(keys.query) if self.embedder is not None and keys.query else None
+        normal = normalize_question(keys.query) if self.embedder is not None and keys.query else ""
+        vector = await self._embed(normal) if normal else None
         similarity = rejected = None
-        if vector is not None and keys.query:
+        if vector is not None:
             match = await self.store.search(
-                ctx.tenant, keys.scope, vector, self.settings.similarity_threshold, self.limits, CANDIDATES
+                ctx.tenant, keys.scope, vector, self.threshold, self.limits, CANDIDATES
             )
             similarity = match.similarity
             if similarity is not None:
@@ -143,20 +156,43 @@ class CacheStage:
                 answer = self._valid(candidate.payload, ctx, keys)
                 if answer is None:
                     continue
-                if self.settings.verify_paraphrase:
+                probability = None
+                if self.settings.paraphrase_check != "off":
                     if answer.question is None:
                         rejected = rejected or "cached answer has no question to compare"
                         continue
-                    shape = shape or question_shape(keys.query)
-                    reason = mismatch(question_shape(answer.question), shape)
+                    shape = shape or question_shape(normal)
+                    cached_shape = question_shape(normalize_question(answer.question))
+                    reason, probability = self._check(cached_shape, candidate.vector, shape, vector)
                     if reason is not None:
                         rejected = rejected or reason
                         continue
                 ctx.response_headers[SIMILARITY_HEADER] = f"{candidate.similarity:.4f}"
-                return self._replay(ctx, answer, "semantic-hit", candidate.key, candidate.similarity)
+                return self._replay(
+                    ctx, answer, "semantic-hit", candidate.key, candidate.similarity, probability
+                )
         ctx.response_headers[HEADER] = "miss"
         ctx.decide(NAME, "miss", key=keys.exact[:16], similarity=_rounded(similarity), rejected=rejected)
         return vector
+
+    def _check(
+        self, cached: QuestionShape, cached_vector: np.ndarray, new: QuestionShape, new_vector: np.ndarray
+    ) -> tuple[str | None, float | None]:
+        """(why the cached answer may not serve the new question or None, the judge's probability)."""
+        if self.judge is None:
+            return mismatch(cached, new), None
+        # A number or a negation changes the answer however alike the sentences are.
+        if cached.numbers != new.numbers:
+            return "numbers differ", None
+        if cached.negations != new.negations:
+            return "negation differs", None
+        probability = self.judge.probability(cached_vector, cached, new_vector, new)
+        if probability < self.settings.judge_min_probability:
+            return (
+                f"judge: probability {probability:.2f} below {self.settings.judge_min_probability:g}",
+                probability,
+            )
+        return None, probability
 
     async def _embed(self, text: str) -> np.ndarray | None:
         assert self.embedder is not None
@@ -182,7 +218,13 @@ class CacheStage:
         return answer
 
     def _replay(
-        self, ctx: RequestContext, answer: CachedAnswer, kind: str, key: str, similarity: float | None = None
+        self,
+        ctx: RequestContext,
+        answer: CachedAnswer,
+        kind: str,
+        key: str,
+        similarity: float | None = None,
+        probability: float | None = None,
     ) -> GatewayResponse:
         ctx.response_headers[HEADER] = kind
         for name, value in answer.headers.items():
@@ -193,6 +235,7 @@ class CacheStage:
             kind,
             key=key[:16],
             similarity=_rounded(similarity),
+            paraphrase_probability=_rounded(probability),
             age_s=round(time.time() - answer.stored_at, 1),
             original_usage=answer.usage,
         )

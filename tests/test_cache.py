@@ -60,7 +60,7 @@ async def test_semantic_hit_for_a_paraphrase(embedder) -> None:
     ctx, _, text = await ask(stage, upstream, "How can I reset my password?")
     assert upstream.calls == 1 and text == "Use the 'Forgot password' link."
     assert ctx.response_headers["x-gateway-cache"] == "semantic-hit"
-    assert float(ctx.response_headers["x-gateway-cache-similarity"]) >= stage.settings.similarity_threshold
+    assert float(ctx.response_headers["x-gateway-cache-similarity"]) >= stage.threshold
 
 
 async def test_unrelated_question_misses_and_reports_the_similarity(embedder) -> None:
@@ -69,7 +69,7 @@ async def test_unrelated_question_misses_and_reports_the_similarity(embedder) ->
     ctx, _, _ = await ask(stage, upstream, "How do I delete my account?")
     assert upstream.calls == 2
     assert ctx.response_headers["x-gateway-cache"] == "miss"
-    assert float(ctx.response_headers["x-gateway-cache-similarity"]) < stage.settings.similarity_threshold
+    assert float(ctx.response_headers["x-gateway-cache-similarity"]) < stage.threshold
 
 
 async def test_follow_up_never_hits_another_conversation(embedder) -> None:

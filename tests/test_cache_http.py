@@ -115,3 +115,24 @@ def test_errors_are_not_cached(cached: RunningGateway) -> None:
     time.sleep(0.3)
     retry = ask(cached, "Is this cached?")
     assert retry.status_code == 200 and retry.headers["x-gateway-cache"] == "miss"
+
+
+def test_a_tenant_with_the_judge_is_served_a_reworded_question(
+    tmp_path: Path, upstream: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MOCK_UPSTREAM_KEY", UPSTREAM_SECRET)
+    config_path = write_gateway_files(tmp_path, upstream.base, retrieval={"enabled": True})
+    path = tmp_path / "policies" / "acme.yaml"
+    update_yaml(
+        path,
+        cache={"enabled": True, "paraphrase_check": "judge"},
+        models=[*yaml.safe_load(path.read_text())["models"], "gpt-mock"],
+    )
+    with gateway_in_thread(config_path, upstream) as gateway:
+        ask(gateway, "What is the boiling point of water at sea level?")
+        wait_for_store(gateway, "What is the boiling point of water at sea level?")
+        reworded = ask(gateway, "At sea level, what is water's boiling point?")
+        assert reworded.headers["x-gateway-cache"] == "semantic-hit"
+        freezing = ask(gateway, "What is the freezing point of water at sea level?")
+        assert freezing.headers["x-gateway-cache"] == "miss"
+        assert len(gateway.upstream.requests()) == 2

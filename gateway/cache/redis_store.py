@@ -128,7 +128,7 @@ class RedisCacheStore:
             if payload is None:  # expired or evicted in Redis: forget it here as well
                 replica.index.remove(found.entry_id)
             else:
-                candidates.append(Candidate(found.entry_id, found.similarity, payload))
+                candidates.append(Candidate(found.entry_id, found.similarity, payload, found.vector))
         return SemanticMatch(nearest[0].similarity, tuple(candidates))
 
     async def _sync(self, tenant: str, capacity: int) -> _Replica:

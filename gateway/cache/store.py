@@ -27,6 +27,7 @@ class Candidate:
     key: str
     similarity: float
     payload: bytes
+    vector: np.ndarray  # the cached question's embedding
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +105,7 @@ class MemoryCacheStore:
             if payload is None:  # evicted from the answers: drop it from the index too
                 index.remove(found.entry_id)
             else:
-                candidates.append(Candidate(found.entry_id, found.similarity, payload))
+                candidates.append(Candidate(found.entry_id, found.similarity, payload, found.vector))
         return SemanticMatch(nearest[0].similarity, tuple(candidates))
 
     async def put(

@@ -18,6 +18,7 @@ import numpy as np
 class Nearest:
     entry_id: str
     similarity: float
+    vector: np.ndarray  # the entry's own row (a copy): the paraphrase judge compares it with the query
 
 
 def scope_code(scope_hex: str) -> int:
@@ -93,5 +94,5 @@ class VectorIndex:
         for slot in top.tolist():
             entry_id = self._ids[slot]
             if entry_id is not None:
-                found.append(Nearest(entry_id, float(sims[slot])))
+                found.append(Nearest(entry_id, float(sims[slot]), self._vectors[slot].copy()))
         return found
